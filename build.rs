@@ -1,0 +1,36 @@
+//! Compiles the dual-level shim against the libtorch that torch-sys found, links
+//! `torch_cuda` even though no Rust symbol needs it (so CUDA is visible when present)
+//! and records libtorch's folder as an rpath so the binary runs without LD_LIBRARY_PATH.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/dual_level.cpp");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB; run through `make`"),
+    );
+    let include = lib.join("../include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        // Every torch >= 2.7 wheel is built with the new libstdc++ ABI.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .file("csrc/dual_level.cpp")
+        .compile("meanflow_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        // --as-needed would drop torch_cuda (no symbol is referenced from it) and with it
+        // the CUDA backend registration.
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+    // RUNPATH (not RPATH), so LD_LIBRARY_PATH can still point at another torch/lib.
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());
+}

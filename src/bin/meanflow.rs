@@ -1,0 +1,128 @@
+//! The `meanflow` command line: a thin layer over the library.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use meanflow::{checkpoint, config, ema::Ema, models, sample, train};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(name = "meanflow", version, about = "MeanFlow one-step generative models on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a model from a YAML config.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key, e.g. --set train.steps=500 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue from the run folder's latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Write a sample grid (one row per class for a conditional model).
+    Sample {
+        /// A checkpoint folder, or a run folder (its latest checkpoint is used).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Number of function evaluations (uniform time grid from 1 to 0).
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// Sample the raw weights instead of an EMA.
+        #[arg(long, conflicts_with = "ema")]
+        raw: bool,
+        /// Which EMA to sample (default: the first of train.ema_decays).
+        #[arg(long)]
+        ema: Option<f64>,
+        /// Samples per class (columns), or per side of an unconditional grid.
+        #[arg(long)]
+        per_class: Option<i64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// cpu, cuda, or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Print the libtorch build, devices and thread count.
+    Info,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Train { config, overrides, resume } => {
+            let cfg = config::load(&config, &overrides)?;
+            let s = train::train(&cfg, &train::TrainOptions { resume, quiet: false })?;
+            println!(
+                "trained {} steps in {:.1} s ({:.2} steps/s): loss {:.4}, mse {:.4}, v-loss {:.4}{}",
+                s.steps,
+                s.wall_s,
+                s.steps_per_s,
+                s.loss,
+                s.mse,
+                s.v_loss,
+                if s.skipped > 0 { format!(", {} steps skipped (non-finite)", s.skipped) } else { String::new() }
+            );
+            for g in &s.grids {
+                println!("samples: {}", g.display());
+            }
+            println!("run folder: {}", s.run_dir.display());
+        }
+        Cmd::Sample { checkpoint: ckpt, steps, out, raw, ema, per_class, seed, device } => {
+            anyhow::ensure!(steps >= 1, "--steps must be >= 1");
+            let dir = checkpoint::resolve(&ckpt)?;
+            let state = checkpoint::read_state(&dir)?;
+            let mut cfg = state.config.clone();
+            if let Some(p) = per_class {
+                anyhow::ensure!(p > 0, "--per-class must be > 0");
+                cfg.sample.per_class = p;
+            }
+            if let Some(s) = seed {
+                cfg.sample.seed = s;
+            }
+            let device = match device.as_str() {
+                "auto" => Device::cuda_if_available(),
+                "cpu" => Device::Cpu,
+                "cuda" => Device::Cuda(0),
+                other => anyhow::bail!("--device must be auto, cpu or cuda, got {other:?}"),
+            };
+            let spec = cfg.model.spec("checkpoint config")?;
+            let vs = VarStore::new(device);
+            let net = models::build(&vs.root(), &spec)?;
+            let file = if raw {
+                dir.join("model.safetensors")
+            } else {
+                let decay = ema.unwrap_or(state.ema_decays[0]);
+                anyhow::ensure!(
+                    state.ema_decays.contains(&decay),
+                    "no EMA with decay {decay} in {} (has {:?})",
+                    dir.display(),
+                    state.ema_decays
+                );
+                dir.join(Ema::file_name(decay))
+            };
+            checkpoint::load_vars(&vs, &file)?;
+            train::write_grid(net.as_ref(), &spec, &cfg, steps, device, &out)
+                .with_context(|| format!("sampling {}", dir.display()))?;
+            println!("wrote {} ({}-NFE, weights {})", out.display(), steps, file.display());
+        }
+        Cmd::Info => {
+            println!("meanflow {}", env!("CARGO_PKG_VERSION"));
+            println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
+            println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+            println!("cpu threads: {}", tch::get_num_threads());
+            let t = Tensor::ones([2], (Kind::Float, Device::cuda_if_available()));
+            println!("a tensor on {:?} sums to {}", t.device(), t.sum(Kind::Float).double_value(&[]));
+            let _ = sample::time_grid(1);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! YAML run configuration. The file structs mirror the paper's knobs; `validate`
+//! rejects bad values naming the key; `ModelConfig::spec` resolves the network.
+//!
+//! Every struct denies unknown keys, so a typo is an error, never a silent default.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DatasetKind;
+use crate::error::{Error, Result};
+use crate::loss::Tangent;
+use crate::models::{dit, DitSize, DitSpec, MlpSpec, ModelSpec, TimeInput, UnetSpec};
+use crate::time::{PairSampler, TimeSampler};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Seeds weights, data order and every per-step draw.
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub meanflow: MeanFlowConfig,
+    /// Classifier-free guidance baked into training (section 5 of the spec); absent = none.
+    #[serde(default)]
+    pub guidance: Option<GuidanceConfig>,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: DatasetKind,
+    /// Folder holding the IDX files (gzipped or plain).
+    pub root: PathBuf,
+}
+
+/// `name` is a DiT preset ("DiT-B/4"), or "dit", "unet", "mlp" with their own keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub in_channels: i64,
+    #[serde(default)]
+    pub input_size: i64,
+    /// 0 = unconditional.
+    #[serde(default)]
+    pub num_classes: i64,
+    /// Which times the network embeds (Table 1(c)): "t,r", "t,t-r", "t,r,t-r", "t-r".
+    #[serde(default)]
+    pub time_input: TimeInput,
+    // DiT ("dit", or overriding a preset)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_ratio: Option<f64>,
+    // U-Net
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks_per_level: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<i64>,
+    // MLP (also uses `hidden`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeanFlowConfig {
+    /// Share of the batch with r != t (Table 1(a)); the rest is plain flow matching.
+    pub ratio: f64,
+    /// How the r != t rows are chosen: index (JAX), v0, v1 (PyTorch).
+    pub pair_sampler: PairSampler,
+    /// Sampler of t (and of r, except under v1 with `r_sampler` set) (Table 1(d)).
+    pub time_sampler: TimeSampler,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r_sampler: Option<TimeSampler>,
+    /// JVP tangent over (z, r, t) (Table 1(b)): "v,0,1" is the MeanFlow identity.
+    pub tangent: Tangent,
+    /// Adaptive weight power p (Table 1(e)): loss = S / sg((S + norm_eps)^p).
+    pub norm_p: f64,
+    pub norm_eps: f64,
+}
+
+impl Default for MeanFlowConfig {
+    fn default() -> Self {
+        MeanFlowConfig {
+            ratio: 0.25,
+            pair_sampler: PairSampler::default(),
+            time_sampler: TimeSampler::default(),
+            r_sampler: None,
+            tangent: Tangent::default(),
+            norm_p: 1.0,
+            norm_eps: 1e-3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceConfig {
+    /// w: guidance scale of the target field (Table 1(f)).
+    pub omega: f64,
+    /// kappa: weight of the conditional prediction; effective scale w / (1 - kappa).
+    #[serde(default)]
+    pub kappa: f64,
+    /// Guidance acts only for t in [t_min, t_max].
+    #[serde(default)]
+    pub t_min: f64,
+    #[serde(default = "one")]
+    pub t_max: f64,
+    /// Probability that a label is replaced by the null class.
+    #[serde(default = "class_dropout")]
+    pub class_dropout: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn class_dropout() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Adam,
+    AdamW,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Stop with an error naming the step.
+    #[default]
+    Stop,
+    /// Skip the update, log it, and go on.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: i64,
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    #[serde(default = "betas")]
+    pub betas: [f64; 2],
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Linear learning-rate warmup from 0 over this many steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this value; absent = no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    /// One EMA copy of the weights per decay; the first is the one sampled by default.
+    #[serde(default = "ema_decays")]
+    pub ema_decays: Vec<f64>,
+    #[serde(default = "log_every")]
+    pub log_every: u64,
+    #[serde(default = "checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// How many step checkpoints to keep on disk (the newest ones).
+    #[serde(default = "keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// CPU threads for libtorch; absent = libtorch's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
+    /// Where the run folder goes.
+    pub run_dir: PathBuf,
+}
+
+fn betas() -> [f64; 2] {
+    [0.9, 0.95]
+}
+fn ema_decays() -> Vec<f64> {
+    vec![0.9999]
+}
+fn log_every() -> u64 {
+    50
+}
+fn checkpoint_every() -> u64 {
+    1000
+}
+fn keep_checkpoints() -> usize {
+    2
+}
+
+/// Sample grids written at the end of training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// One grid per entry: the number of function evaluations.
+    pub nfe: Vec<usize>,
+    /// Columns per class row (or samples in all, for an unconditional model).
+    pub per_class: i64,
+    pub seed: u64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig { nfe: vec![1, 2], per_class: 10, seed: 0 }
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Reads `path`, applies `key.path=value` overrides, and validates.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+    let file = path.display().to_string();
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| Error::config(&file, "(yaml)", e.to_string()))?;
+    for o in overrides {
+        apply_override(&mut value, o).map_err(|(key, msg)| Error::config(&file, key, msg))?;
+    }
+    from_value(&file, value)
+}
+
+/// Parses an already-loaded YAML value (a config stored in a checkpoint, say).
+pub fn from_value(file: &str, value: serde_yaml::Value) -> Result<Config> {
+    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        Error::config(file, if key == "." { "(top level)".into() } else { key }, e.into_inner().to_string())
+    })?;
+    cfg.validate(file)?;
+    Ok(cfg)
+}
+
+/// `a.b.c=value`: value is parsed as YAML, so numbers, lists and strings all work.
+fn apply_override(root: &mut serde_yaml::Value, o: &str) -> std::result::Result<(), (String, String)> {
+    let (key, raw) = o
+        .split_once('=')
+        .ok_or_else(|| (o.to_string(), "override must look like key.path=value".to_string()))?;
+    let new: serde_yaml::Value =
+        serde_yaml::from_str(raw).map_err(|e| (key.to_string(), format!("bad value {raw:?}: {e}")))?;
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if node.is_null() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| (parts[..i].join("."), "is not a mapping, cannot set a key inside it".to_string()))?;
+        let k = serde_yaml::Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, new);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(serde_yaml::Value::Null);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- validation
+
+struct Check<'a> {
+    file: &'a str,
+}
+
+impl Check<'_> {
+    fn ensure(&self, ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::config(self.file, key, msg()))
+        }
+    }
+    fn unit(&self, v: f64, key: &str) -> Result<()> {
+        self.ensure((0.0..=1.0).contains(&v), key, || format!("must be in [0, 1], got {v}"))
+    }
+    fn positive(&self, v: f64, key: &str) -> Result<()> {
+        self.ensure(v.is_finite() && v > 0.0, key, || format!("must be > 0, got {v}"))
+    }
+}
+
+impl Config {
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let c = Check { file };
+        let m = &self.meanflow;
+        c.unit(m.ratio, "meanflow.ratio")?;
+        c.ensure(m.norm_p.is_finite() && m.norm_p >= 0.0, "meanflow.norm_p", || format!("must be >= 0, got {}", m.norm_p))?;
+        c.positive(m.norm_eps, "meanflow.norm_eps")?;
+        for (s, key) in [(Some(m.time_sampler), "meanflow.time_sampler"), (m.r_sampler, "meanflow.r_sampler")] {
+            if let Some(TimeSampler::LogitNormal { mu, sigma }) = s {
+                c.positive(sigma, &format!("{key}.sigma"))?;
+                c.ensure(mu.is_finite(), &format!("{key}.mu"), || format!("must be finite, got {mu}"))?;
+            }
+        }
+        c.ensure(m.r_sampler.is_none() || m.pair_sampler == PairSampler::V1, "meanflow.r_sampler", || {
+            "is only used by pair_sampler: v1".into()
+        })?;
+
+        if let Some(g) = &self.guidance {
+            c.positive(g.omega, "guidance.omega")?;
+            c.ensure((0.0..1.0).contains(&g.kappa), "guidance.kappa", || format!("must be in [0, 1), got {}", g.kappa))?;
+            c.unit(g.t_min, "guidance.t_min")?;
+            c.unit(g.t_max, "guidance.t_max")?;
+            c.ensure(g.t_min <= g.t_max, "guidance.t_min", || format!("t_min {} > t_max {}", g.t_min, g.t_max))?;
+            c.ensure((0.0..1.0).contains(&g.class_dropout), "guidance.class_dropout", || {
+                format!("must be in [0, 1), got {}", g.class_dropout)
+            })?;
+            c.ensure(self.model.num_classes > 0, "guidance", || {
+                "needs a class-conditional model (model.num_classes > 0)".into()
+            })?;
+        }
+
+        let t = &self.train;
+        c.ensure(t.steps > 0, "train.steps", || "must be > 0".into())?;
+        c.ensure(t.batch_size > 0, "train.batch_size", || format!("must be > 0, got {}", t.batch_size))?;
+        c.positive(t.lr, "train.lr")?;
+        for (i, b) in t.betas.iter().enumerate() {
+            c.ensure((0.0..1.0).contains(b), &format!("train.betas[{i}]"), || format!("must be in [0, 1), got {b}"))?;
+        }
+        c.ensure(t.weight_decay >= 0.0, "train.weight_decay", || format!("must be >= 0, got {}", t.weight_decay))?;
+        if let Some(g) = t.grad_clip {
+            c.positive(g, "train.grad_clip")?;
+        }
+        c.ensure(!t.ema_decays.is_empty(), "train.ema_decays", || "needs at least one decay".into())?;
+        for d in &t.ema_decays {
+            c.ensure((0.0..1.0).contains(d), "train.ema_decays", || format!("each decay must be in [0, 1), got {d}"))?;
+        }
+        c.ensure(t.log_every > 0, "train.log_every", || "must be > 0".into())?;
+        c.ensure(t.checkpoint_every > 0, "train.checkpoint_every", || "must be > 0".into())?;
+        c.ensure(t.keep_checkpoints > 0, "train.keep_checkpoints", || "must be > 0".into())?;
+        if let Some(n) = t.threads {
+            c.ensure(n > 0, "train.threads", || format!("must be > 0, got {n}"))?;
+        }
+        for k in &self.sample.nfe {
+            c.ensure(*k >= 1, "sample.nfe", || "each entry must be >= 1".into())?;
+        }
+        c.ensure(self.sample.per_class > 0, "sample.per_class", || "must be > 0".into())?;
+        self.model.spec(file).map(|_| ())
+    }
+}
+
+impl ModelConfig {
+    /// Resolves the network; errors name the key that is wrong or missing.
+    pub fn spec(&self, file: &str) -> Result<ModelSpec> {
+        let c = Check { file };
+        c.ensure(self.in_channels > 0, "model.in_channels", || format!("must be > 0, got {}", self.in_channels))?;
+        c.ensure(self.num_classes >= 0, "model.num_classes", || format!("must be >= 0, got {}", self.num_classes))?;
+        let unused = |keys: &[(&str, bool)]| -> Result<()> {
+            for (k, set) in keys {
+                c.ensure(!set, &format!("model.{k}"), || format!("is not a key of model {:?}", self.name))?;
+            }
+            Ok(())
+        };
+        let need = |v: Option<i64>, k: &str| -> Result<i64> {
+            let v = v.ok_or_else(|| Error::config(file, format!("model.{k}"), format!("is required by model {:?}", self.name)))?;
+            c.ensure(v > 0, &format!("model.{k}"), || format!("must be > 0, got {v}"))?;
+            Ok(v)
+        };
+        let name = self.name.as_str();
+        if name == "dit" || name.starts_with("DiT-") {
+            unused(&[
+                ("channels", self.channels.is_some()),
+                ("blocks_per_level", self.blocks_per_level.is_some()),
+                ("groups", self.groups.is_some()),
+                ("layers", self.layers.is_some()),
+            ])?;
+            let preset = if name == "dit" {
+                None
+            } else {
+                Some(dit::named_size(name).ok_or_else(|| {
+                    Error::config(file, "model.name", format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")))
+                })?)
+            };
+            let pick = |v: Option<i64>, k: &str, d: Option<i64>| need(v.or(d), k);
+            let size = DitSize {
+                depth: pick(self.depth, "depth", preset.map(|p| p.depth))?,
+                hidden: pick(self.hidden, "hidden", preset.map(|p| p.hidden))?,
+                heads: pick(self.heads, "heads", preset.map(|p| p.heads))?,
+                patch: pick(self.patch, "patch", preset.map(|p| p.patch))?,
+            };
+            need(Some(self.input_size), "input_size")?;
+            c.ensure(self.input_size % size.patch == 0, "model.patch", || {
+                format!("input_size {} is not a multiple of patch {}", self.input_size, size.patch)
+            })?;
+            c.ensure(size.hidden % size.heads == 0, "model.heads", || {
+                format!("hidden {} is not a multiple of heads {}", size.hidden, size.heads)
+            })?;
+            c.ensure(size.hidden % 4 == 0, "model.hidden", || "must be a multiple of 4 (sin-cos position embedding)".into())?;
+            let mlp_ratio = self.mlp_ratio.unwrap_or(4.0);
+            c.positive(mlp_ratio, "model.mlp_ratio")?;
+            return Ok(ModelSpec::Dit(DitSpec {
+                size,
+                input_size: self.input_size,
+                in_channels: self.in_channels,
+                num_classes: self.num_classes,
+                mlp_ratio,
+                time_input: self.time_input,
+            }));
+        }
+        match name {
+            "unet" => {
+                unused(&[
+                    ("depth", self.depth.is_some()),
+                    ("hidden", self.hidden.is_some()),
+                    ("heads", self.heads.is_some()),
+                    ("patch", self.patch.is_some()),
+                    ("mlp_ratio", self.mlp_ratio.is_some()),
+                    ("layers", self.layers.is_some()),
+                ])?;
+                let channels = self
+                    .channels
+                    .clone()
+                    .ok_or_else(|| Error::config(file, "model.channels", "is required by model \"unet\""))?;
+                c.ensure(!channels.is_empty() && channels.iter().all(|&x| x > 0), "model.channels", || {
+                    format!("must be a non-empty list of positive counts, got {channels:?}")
+                })?;
+                let groups = need(Some(self.groups.unwrap_or(8)), "groups")?;
+                c.ensure(channels.iter().all(|x| x % groups == 0), "model.groups", || {
+                    format!("every channel count in {channels:?} must be a multiple of groups {groups}")
+                })?;
+                let input_size = need(Some(self.input_size), "input_size")?;
+                let halvings = channels.len() as u32 - 1;
+                c.ensure(input_size % (1 << halvings) == 0, "model.input_size", || {
+                    format!("{input_size} cannot be halved {halvings} times (one per extra level in model.channels)")
+                })?;
+                Ok(ModelSpec::Unet(UnetSpec {
+                    channels,
+                    blocks_per_level: need(Some(self.blocks_per_level.unwrap_or(1)), "blocks_per_level")?,
+                    groups,
+                    in_channels: self.in_channels,
+                    input_size,
+                    num_classes: self.num_classes,
+                    time_input: self.time_input,
+                }))
+            }
+            "mlp" => {
+                unused(&[
+                    ("depth", self.depth.is_some()),
+                    ("heads", self.heads.is_some()),
+                    ("patch", self.patch.is_some()),
+                    ("mlp_ratio", self.mlp_ratio.is_some()),
+                    ("channels", self.channels.is_some()),
+                    ("blocks_per_level", self.blocks_per_level.is_some()),
+                    ("groups", self.groups.is_some()),
+                ])?;
+                Ok(ModelSpec::Mlp(MlpSpec {
+                    dim: self.in_channels,
+                    hidden: need(Some(self.hidden.unwrap_or(256)), "hidden")?,
+                    layers: need(Some(self.layers.unwrap_or(3)), "layers")?,
+                    num_classes: self.num_classes,
+                    time_input: self.time_input,
+                }))
+            }
+            _ => Err(Error::config(
+                file,
+                "model.name",
+                format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")),
+            )),
+        }
+    }
+}

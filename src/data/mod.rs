@@ -1,0 +1,99 @@
+//! Datasets held in memory as tensors: images `[N, C, H, W]` scaled to [-1, 1] and
+//! labels `[N]` (int64).
+pub mod idx;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    FashionMnist,
+    Mnist,
+}
+
+impl DatasetKind {
+    pub fn num_classes(self) -> i64 {
+        10
+    }
+    pub fn class_names(self) -> &'static [&'static str] {
+        match self {
+            DatasetKind::FashionMnist => &[
+                "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            ],
+            DatasetKind::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+pub struct Dataset {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub num_classes: i64,
+}
+
+impl Dataset {
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn to_device(self, device: Device) -> Self {
+        Dataset { images: self.images.to_device(device), labels: self.labels.to_device(device), num_classes: self.num_classes }
+    }
+}
+
+/// The file of `stem` under `root`: `stem.gz` or plain `stem`.
+fn find(root: &Path, stem: &str) -> Result<PathBuf> {
+    for name in [format!("{stem}.gz"), stem.to_string()] {
+        let p = root.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Error::file(
+        root.join(format!("{stem}.gz")),
+        format!(
+            "not found (nor {stem}); set data.root to a folder with the IDX files \
+             (Debian: apt-get install dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
+        ),
+    ))
+}
+
+/// Loads MNIST or Fashion-MNIST (same IDX layout) from `root`.
+pub fn load_mnist_like(kind: DatasetKind, root: &Path, split: Split) -> Result<Dataset> {
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    let img_path = find(root, &format!("{prefix}-images-idx3-ubyte"))?;
+    let lbl_path = find(root, &format!("{prefix}-labels-idx1-ubyte"))?;
+    let imgs = idx::read_idx(&img_path, 3)?;
+    let lbls = idx::read_idx(&lbl_path, 1)?;
+    let (n, h, w) = (imgs.dims[0], imgs.dims[1], imgs.dims[2]);
+    if lbls.dims[0] != n {
+        return Err(Error::file(&lbl_path, format!("{} labels but {} has {n} images", lbls.dims[0], img_path.display())));
+    }
+    let num_classes = kind.num_classes();
+    if let Some((i, l)) = lbls.data.iter().enumerate().find(|(_, l)| **l as i64 >= num_classes) {
+        return Err(Error::file(&lbl_path, format!("label {l} at index {i} is outside 0..{num_classes}")));
+    }
+    let images = Tensor::from_slice(&imgs.data)
+        .view([n as i64, 1, h as i64, w as i64])
+        .to_kind(Kind::Float)
+        / 127.5
+        - 1.0;
+    let labels = Tensor::from_slice(&lbls.data).to_kind(Kind::Int64);
+    Ok(Dataset { images, labels, num_classes })
+}

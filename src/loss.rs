@@ -1,0 +1,203 @@
+//! The MeanFlow objective (spec sections 2 and 4) and its flow-matching special case.
+//!
+//!   u_tgt = v_t - (t - r) (v_t d_z u + d_t u)        (the MeanFlow identity)
+//!   S     = || u_theta(z_t, r, t) - sg(u_tgt) ||^2    (summed over a sample's elements)
+//!   loss  = mean_batch S / sg((S + norm_eps)^norm_p)
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::Result;
+use crate::guidance::Guidance;
+use crate::jvp::jvp;
+use crate::models::MeanFlowNet;
+use crate::path::{expand_time, interpolate, velocity};
+
+/// The JVP tangent over the network inputs (z, r, t), Table 1(b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Tangent {
+    /// d/dt u(z_t, r, t) = v d_z u + 0 d_r u + 1 d_t u: the correct one.
+    #[default]
+    #[serde(rename = "v,0,1")]
+    V01,
+    #[serde(rename = "v,0,0")]
+    V00,
+    #[serde(rename = "v,1,0")]
+    V10,
+    #[serde(rename = "v,1,1")]
+    V11,
+}
+
+impl Tangent {
+    /// (dr, dt) coefficients.
+    pub fn time_parts(self) -> (f64, f64) {
+        match self {
+            Tangent::V01 => (0.0, 1.0),
+            Tangent::V00 => (0.0, 0.0),
+            Tangent::V10 => (1.0, 0.0),
+            Tangent::V11 => (1.0, 1.0),
+        }
+    }
+}
+
+/// Every random quantity of one training step, drawn once outside the loss so that the
+/// same step can be recomputed (resume, tests, a PyTorch cross-check).
+pub struct Draws {
+    /// Data `[B, ...]`.
+    pub x: Tensor,
+    /// Noise `[B, ...]`.
+    pub e: Tensor,
+    /// `[B]`, t >= r.
+    pub t: Tensor,
+    pub r: Tensor,
+    /// `[B]` class ids, or `None` for an unconditional model.
+    pub labels: Option<Tensor>,
+    /// `[B]` bool, true where the label is replaced by the null class.
+    pub dropped: Option<Tensor>,
+}
+
+/// What one evaluation of the objective produced.
+pub struct LossOutput {
+    /// The adaptively weighted loss, scalar, with graph.
+    pub loss: Tensor,
+    /// Unweighted mean squared error per element, mean over batch (detached): the number
+    /// that shows progress, since with p = 1 the weighted loss sits near 1.
+    pub mse: Tensor,
+    /// Mean squared distance per element between u and the plain v_t (detached).
+    pub v_loss: Tensor,
+    /// S per sample `[B]` (detached).
+    pub per_sample: Tensor,
+    /// The adaptive weight's denominator (S + eps)^p per sample `[B]` (detached).
+    pub weight: Tensor,
+    pub u: Tensor,
+    pub dudt: Tensor,
+    pub u_tgt: Tensor,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MeanFlowLoss {
+    pub tangent: Tangent,
+    pub jvp_rows: JvpRows,
+    pub norm_p: f64,
+    pub norm_eps: f64,
+    pub guidance: Option<Guidance>,
+}
+
+impl MeanFlowLoss {
+    pub fn compute(&self, net: &dyn MeanFlowNet, d: &Draws, train: bool) -> Result<LossOutput> {
+        let z = interpolate(&d.x, &d.e, &d.t);
+        let v = velocity(&d.x, &d.e);
+        let labels_in = match (&d.labels, &d.dropped, &self.guidance) {
+            (Some(l), Some(m), Some(g)) => Some(g.drop_labels(l, m)),
+            (Some(l), _, _) => Some(l.shallow_clone()),
+            _ => None,
+        };
+        let v_g = match (&self.guidance, &d.labels, &d.dropped) {
+            (Some(g), Some(l), Some(m)) => g.guided_velocity(net, &z, &d.t, &v, l, m, train),
+            _ => v.shallow_clone(),
+        };
+
+        let (u, dudt) = match self.jvp_rows {
+            JvpRows::All => self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in.as_ref(), train)?,
+            JvpRows::MeanFlowOnly => {
+                // Rows with r = t have (t - r) du/dt = 0: their target is v~ whatever du/dt
+                // is, so only the r != t rows pay for the dual pass.
+                let mf = d.t.ne_tensor(&d.r);
+                let n_mf = i64::try_from(mf.sum(tch::Kind::Int64))?;
+                let b = d.t.size()[0];
+                if n_mf == b {
+                    self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in.as_ref(), train)?
+                } else if n_mf == 0 {
+                    (net.forward(&z, &d.t, &d.r, labels_in.as_ref(), train), z.zeros_like())
+                } else {
+                    let i_mf = mf.nonzero().squeeze_dim(1);
+                    let i_fm = mf.logical_not().nonzero().squeeze_dim(1);
+                    let pick = |x: &Tensor, i: &Tensor| x.index_select(0, i);
+                    let l_mf = labels_in.as_ref().map(|l| pick(l, &i_mf));
+                    let l_fm = labels_in.as_ref().map(|l| pick(l, &i_fm));
+                    let u_fm = net.forward(&pick(&z, &i_fm), &pick(&d.t, &i_fm), &pick(&d.r, &i_fm), l_fm.as_ref(), train);
+                    let (u_mf, dudt_mf) = self.u_and_dudt(
+                        net,
+                        &pick(&z, &i_mf),
+                        &pick(&d.t, &i_mf),
+                        &pick(&d.r, &i_mf),
+                        &pick(&v_g, &i_mf),
+                        l_mf.as_ref(),
+                        train,
+                    )?;
+                    let u = u_fm.new_zeros(z.size().as_slice(), (u_fm.kind(), u_fm.device()));
+                    let u = u.index_copy(0, &i_fm, &u_fm).index_copy(0, &i_mf, &u_mf);
+                    let dudt = z.zeros_like().index_copy(0, &i_mf, &dudt_mf);
+                    (u, dudt)
+                }
+            }
+        };
+
+        // u_tgt = v - (t - r) du/dt; (JAX) clips t - r to [0, 1]. sg(u_tgt): no gradient.
+        let h = expand_time(&(&d.t - &d.r).clamp(0.0, 1.0), &u);
+        let u_tgt = (&v_g - h * &dudt).detach();
+        let mut out = weighted(&u, &u_tgt, self.norm_p, self.norm_eps);
+        out.v_loss = (u.detach() - &v).square().mean(u.kind());
+        out.dudt = dudt;
+        Ok(out)
+    }
+
+    /// One dual forward: u(z, r, t) with its graph, and du/dt along (v~, dr, dt).
+    #[allow(clippy::too_many_arguments)]
+    fn u_and_dudt(
+        &self,
+        net: &dyn MeanFlowNet,
+        z: &Tensor,
+        t: &Tensor,
+        r: &Tensor,
+        v_g: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (dr, dt) = self.tangent.time_parts();
+        let (tan_t, tan_r) = (t.full_like(dt), r.full_like(dr));
+        let out = jvp(|p| Ok(net.forward(&p[0], &p[1], &p[2], labels, train)), &[z, t, r], &[v_g, &tan_t, &tan_r])?;
+        Ok((out.output, out.tangent))
+    }
+}
+
+/// Which rows go through the dual (JVP) forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JvpRows {
+    /// Only rows with r != t; the others take a plain forward. Same loss, less work.
+    #[default]
+    MeanFlowOnly,
+    /// Every row, as the reference implementations do.
+    All,
+}
+
+/// Plain flow matching: u(z_t, t, t) regressed on v_t, with the same adaptive weight.
+/// MeanFlow with ratio 0 reduces to exactly this.
+pub fn flow_matching(net: &dyn MeanFlowNet, d: &Draws, labels: Option<&Tensor>, norm_p: f64, norm_eps: f64, train: bool) -> LossOutput {
+    let z = interpolate(&d.x, &d.e, &d.t);
+    let v = velocity(&d.x, &d.e);
+    let u = net.forward(&z, &d.t, &d.t, labels, train);
+    let mut out = weighted(&u, &v, norm_p, norm_eps);
+    out.v_loss = out.mse.shallow_clone();
+    out
+}
+
+/// loss = mean_b S_b / sg((S_b + eps)^p), S_b = sum of squared errors of sample b.
+fn weighted(u: &Tensor, u_tgt: &Tensor, norm_p: f64, norm_eps: f64) -> LossOutput {
+    let per_elem = (u - u_tgt).square();
+    let dims: Vec<i64> = (1..u.dim() as i64).collect();
+    let s = per_elem.sum_dim_intlist(dims.as_slice(), false, u.kind()); // [B]
+    // sg(w): the adaptive weight is a constant for the gradient.
+    let weight = (s.detach() + norm_eps).pow_tensor_scalar(norm_p);
+    let loss = (&s / &weight).mean(u.kind());
+    let numel = (per_elem.numel() as i64 / u.size()[0]) as f64;
+    LossOutput {
+        loss,
+        mse: s.detach().mean(u.kind()) / numel,
+        v_loss: Tensor::new(),
+        per_sample: s.detach(),
+        weight,
+        u: u.shallow_clone(),
+        dudt: Tensor::new(),
+        u_tgt: u_tgt.shallow_clone(),
+    }
+}

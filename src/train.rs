@@ -1,0 +1,382 @@
+//! The training loop, top to bottom in execution order.
+//!
+//! Determinism: the data order of epoch k is a permutation seeded from (seed, k), and
+//! every draw of step s (noise, t, r, dropped labels) is seeded from (seed, s). So a
+//! checkpoint's step number is its whole RNG state, and N steps + resume + N steps
+//! reproduce 2N steps exactly.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{Config, DeviceChoice, OnNonFinite};
+use crate::data::{self, Dataset, Split};
+use crate::ema::Ema;
+use crate::error::{Error, Result};
+use crate::guidance::Guidance;
+use crate::loss::{Draws, MeanFlowLoss};
+use crate::models::{self, MeanFlowNet, ModelSpec};
+use crate::time::sample_pair;
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the run folder's latest checkpoint.
+    pub resume: bool,
+    /// No progress bar (tests).
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub wall_s: f64,
+    pub steps_per_s: f64,
+    pub loss: f64,
+    pub mse: f64,
+    pub v_loss: f64,
+    pub skipped: u64,
+    pub grids: Vec<PathBuf>,
+}
+
+pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::config("(config)", "train.device", "cuda requested but CUDA is not available")),
+    }
+}
+
+/// SplitMix64: decorrelates (seed, stream, index) into one 63-bit libtorch seed.
+pub fn mix_seed(seed: u64, stream: u64, index: u64) -> i64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+const STREAM_INIT: u64 = 1;
+const STREAM_EPOCH: u64 = 2;
+const STREAM_STEP: u64 = 3;
+const STREAM_SAMPLE: u64 = 4;
+
+/// The objective of a config.
+pub fn objective(cfg: &Config, spec: &ModelSpec) -> MeanFlowLoss {
+    MeanFlowLoss {
+        tangent: cfg.meanflow.tangent,
+        jvp_rows: Default::default(),
+        norm_p: cfg.meanflow.norm_p,
+        norm_eps: cfg.meanflow.norm_eps,
+        guidance: cfg.guidance.as_ref().map(|g| Guidance::new(g, spec.num_classes())),
+    }
+}
+
+/// Draws everything random of step `step` for the batch `(x, labels)`.
+pub fn draw_step(cfg: &Config, objective: &MeanFlowLoss, step: u64, x: Tensor, labels: Option<Tensor>) -> Draws {
+    tch::manual_seed(mix_seed(cfg.seed, STREAM_STEP, step));
+    let b = x.size()[0];
+    let device = x.device();
+    let m = &cfg.meanflow;
+    let e = x.randn_like();
+    let r_sampler = m.r_sampler.unwrap_or(m.time_sampler);
+    let pair = sample_pair(m.pair_sampler, m.ratio, &m.time_sampler, &r_sampler, b, device);
+    let dropped = match (&objective.guidance, &labels) {
+        (Some(g), Some(_)) => Some(g.draw_drop_mask(b, device)),
+        _ => None,
+    };
+    Draws { x, e, t: pair.t.to_kind(Kind::Float), r: pair.r.to_kind(Kind::Float), labels, dropped }
+}
+
+/// Batches of one epoch drawn without replacement; the last partial batch is dropped.
+struct Batcher {
+    seed: u64,
+    batch: i64,
+    n: i64,
+    epoch: Option<(u64, Tensor)>,
+}
+
+impl Batcher {
+    fn indices(&mut self, step: u64) -> Tensor {
+        let per_epoch = (self.n / self.batch) as u64;
+        let (epoch, i) = (step / per_epoch, (step % per_epoch) as i64);
+        if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            tch::manual_seed(mix_seed(self.seed, STREAM_EPOCH, epoch));
+            self.epoch = Some((epoch, Tensor::randperm(self.n, (Kind::Int64, Device::Cpu))));
+        }
+        self.epoch.as_ref().unwrap().1.narrow(0, i * self.batch, self.batch)
+    }
+}
+
+fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
+    let size = data.images.size();
+    let file = "(config)";
+    if size[1] != cfg.model.in_channels {
+        return Err(Error::config(file, "model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
+    }
+    if size[2] != cfg.model.input_size || size[3] != cfg.model.input_size {
+        return Err(Error::config(
+            file,
+            "model.input_size",
+            format!("is {} but the data is {}x{}", cfg.model.input_size, size[2], size[3]),
+        ));
+    }
+    if cfg.model.num_classes != 0 && cfg.model.num_classes != data.num_classes {
+        return Err(Error::config(
+            file,
+            "model.num_classes",
+            format!("is {} but the data has {} classes (use 0 for unconditional)", cfg.model.num_classes, data.num_classes),
+        ));
+    }
+    if data.len() < cfg.train.batch_size {
+        return Err(Error::config(file, "train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len())));
+    }
+    Ok(())
+}
+
+/// Loads the training split named by the config.
+pub fn load_data(cfg: &Config) -> Result<Dataset> {
+    data::load_mnist_like(cfg.data.dataset, &cfg.data.root, Split::Train)
+}
+
+pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
+    let data = load_data(cfg)?;
+    train_on(cfg, data, opts)
+}
+
+/// Trains on an in-memory dataset (the CLI loads it from `cfg.data`; tests pass their own).
+pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunSummary> {
+    let t = &cfg.train;
+    if let Some(n) = t.threads {
+        tch::set_num_threads(n);
+    }
+    let device = resolve_device(t.device)?;
+    check_data_matches_model(cfg, &data)?;
+    let spec = cfg.model.spec("(config)")?;
+    let run_dir = t.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
+
+    // ---- model, EMA, optimizer: built from the seed, then maybe replaced by a checkpoint.
+    tch::manual_seed(mix_seed(cfg.seed, STREAM_INIT, 0));
+    let vs = VarStore::new(device);
+    let net = models::build(&vs.root(), &spec)?;
+    let emas = t.ema_decays.iter().map(|d| Ema::new(&spec, &vs, *d)).collect::<Result<Vec<_>>>()?;
+    let mut opt = crate::optim::Adam::new(&vs, t.optimizer, t.betas, t.weight_decay);
+    let objective = objective(cfg, &spec);
+
+    let mut start = 0u64;
+    match (checkpoint::latest(&run_dir)?, opts.resume) {
+        (Some(ckpt), true) => {
+            let state = checkpoint::read_state(&ckpt)?;
+            if state.seed != cfg.seed {
+                return Err(Error::config("(config)", "seed", format!("is {} but the checkpoint was trained with {}", cfg.seed, state.seed)));
+            }
+            checkpoint::load_vars(&vs, &ckpt.join("model.safetensors"))?;
+            for ema in &emas {
+                checkpoint::load_vars(&ema.vs, &ckpt.join(Ema::file_name(ema.decay)))?;
+            }
+            let opt_path = ckpt.join("optimizer.safetensors");
+            opt.load_state(checkpoint::read_named(&opt_path)?, state.optimizer_updates, &opt_path.display().to_string())?;
+            start = state.step;
+        }
+        (None, true) => {
+            return Err(Error::Checkpoint { path: run_dir.clone(), msg: "--resume given but the run folder has no checkpoint".into() })
+        }
+        (Some(ckpt), false) => {
+            return Err(Error::Checkpoint {
+                path: ckpt,
+                msg: "the run folder already holds a checkpoint; pass --resume to continue it or set train.run_dir to a new folder".into(),
+            })
+        }
+        (None, false) => {}
+    }
+    std::fs::write(run_dir.join("config.yaml"), serde_yaml::to_string(cfg).expect("config serialises"))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+
+    let images = data.images.to_device(device);
+    let labels = (spec.num_classes() > 0).then(|| data.labels.to_device(device));
+    let mut batcher = Batcher { seed: cfg.seed, batch: t.batch_size, n: data.len(), epoch: None };
+
+    let pb = progress_bar(t.steps, start, opts.quiet);
+    let started = Instant::now();
+    let mut window = Window::default();
+    let mut last = [f64::NAN; 3];
+    let mut skipped = 0u64;
+    let samples_per_epoch = (data.len() / t.batch_size) * t.batch_size;
+    eprintln!(
+        "meanflow: {} parameters on {:?}, batch {}, {} steps ({:.1} epochs), run folder {}",
+        models::num_params(&vs),
+        device,
+        t.batch_size,
+        t.steps,
+        (t.steps as f64 * t.batch_size as f64) / samples_per_epoch as f64,
+        run_dir.display()
+    );
+
+    for step in start..t.steps {
+        // ---- batch and draws
+        let idx = batcher.indices(step).to_device(device);
+        let x = images.index_select(0, &idx);
+        let y = labels.as_ref().map(|l| l.index_select(0, &idx));
+        let draws = draw_step(cfg, &objective, step, x, y);
+
+        // ---- loss, one host sync for the three monitored numbers
+        let out = objective.compute(net.as_ref(), &draws, true)?;
+        let stats = Tensor::stack(&[out.loss.detach().to_kind(Kind::Double), out.mse.to_kind(Kind::Double), out.v_loss.to_kind(Kind::Double)], 0);
+        let s: Vec<f64> = Vec::<f64>::try_from(stats.to_device(Device::Cpu))?;
+        if s.iter().any(|v| !v.is_finite()) {
+            let msg = format!("non-finite loss (loss {}, mse {}, v-loss {})", s[0], s[1], s[2]);
+            match t.on_nonfinite {
+                OnNonFinite::Stop => {
+                    pb.abandon();
+                    return Err(Error::NonFinite { step, msg });
+                }
+                OnNonFinite::Skip => {
+                    pb.println(format!("step {step}: {msg}; update skipped (train.on_nonfinite: skip)"));
+                    writeln!(metrics, "{}", serde_json::json!({"step": step + 1, "skipped": true, "reason": msg}))?;
+                    skipped += 1;
+                    pb.inc(1);
+                    continue;
+                }
+            }
+        }
+        last = [s[0], s[1], s[2]];
+
+        // ---- update
+        opt.zero_grad();
+        out.loss.backward();
+        let grad_norm = match t.grad_clip {
+            Some(max) => opt.clip_grad_norm(max),
+            None => opt.grad_norm(),
+        };
+        let lr = t.lr * if t.warmup_steps > 0 { ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) } else { 1.0 };
+        opt.step(lr);
+        for ema in &emas {
+            ema.update();
+        }
+        window.add(&last, grad_norm.double_value(&[]));
+
+        // ---- log, checkpoint
+        let done = step + 1;
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = (done - start) as f64 / elapsed.max(1e-9);
+        pb.set_position(done);
+        pb.set_message(format!("loss {:.4} mse {:.4} v-loss {:.4} {:.2} steps/s", s[0], s[1], s[2], rate));
+        if done % t.log_every == 0 || done == t.steps {
+            let m = window.take();
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({
+                    "step": done, "loss": m[0], "mse": m[1], "v_loss": m[2], "grad_norm": m[3],
+                    "lr": lr, "steps_per_s": rate, "elapsed_s": elapsed,
+                })
+            )?;
+            if pb.is_hidden() && !opts.quiet {
+                eprintln!("step {done}/{}: loss {:.4} mse {:.4} v-loss {:.4} ({rate:.2} steps/s)", t.steps, m[0], m[1], m[2]);
+            }
+        }
+        if done % t.checkpoint_every == 0 || done == t.steps {
+            let state = TrainState {
+                step: done,
+                seed: cfg.seed,
+                optimizer_updates: opt.updates,
+                ema_decays: t.ema_decays.clone(),
+                config: cfg.clone(),
+            };
+            let ema_refs: Vec<(f64, &VarStore)> = emas.iter().map(|e| (e.decay, &e.vs)).collect();
+            checkpoint::save(&run_dir, &state, &vs, &ema_refs, &opt.state(), t.keep_checkpoints)?;
+        }
+    }
+    pb.finish();
+    let wall_s = started.elapsed().as_secs_f64();
+
+    // ---- sample grids from the first EMA
+    let mut grids = Vec::new();
+    if let Some(ema) = emas.first() {
+        for &k in &cfg.sample.nfe {
+            let path = run_dir.join(format!("samples_nfe{k}.png"));
+            write_grid(ema.net.as_ref(), &spec, cfg, k, device, &path)?;
+            grids.push(path);
+        }
+    }
+    Ok(RunSummary {
+        run_dir,
+        steps: t.steps,
+        wall_s,
+        steps_per_s: (t.steps - start) as f64 / wall_s.max(1e-9),
+        loss: last[0],
+        mse: last[1],
+        v_loss: last[2],
+        skipped,
+        grids,
+    })
+}
+
+/// A sample grid: one row per class for a conditional model, else `per_class` x `per_class`.
+pub fn write_grid(net: &dyn MeanFlowNet, spec: &ModelSpec, cfg: &Config, nfe: usize, device: Device, path: &Path) -> Result<()> {
+    let per = cfg.sample.per_class;
+    let (labels, n) = match spec.num_classes() {
+        0 => (None, per * per),
+        c => (Some(crate::sample::class_grid_labels(c, per, device)), c * per),
+    };
+    tch::manual_seed(mix_seed(cfg.sample.seed, STREAM_SAMPLE, 0));
+    let shape = [n, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size];
+    let noise = Tensor::randn(shape, (Kind::Float, device));
+    let x = crate::sample::sample(net, &noise, labels.as_ref(), &crate::sample::time_grid(nfe));
+    crate::grid::save_grid(&x, per, path)
+}
+
+fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(steps), if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})")
+            .expect("valid template"),
+    );
+    pb.set_position(start);
+    pb
+}
+
+/// Drops metric lines past `step`: a resumed run rewrites the steps it repeats.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept)?;
+    Ok(())
+}
+
+/// Running means of (loss, mse, v-loss, grad norm) between two log lines.
+#[derive(Default)]
+struct Window {
+    sum: [f64; 4],
+    n: u64,
+}
+
+impl Window {
+    fn add(&mut self, s: &[f64; 3], grad_norm: f64) {
+        for i in 0..3 {
+            self.sum[i] += s[i];
+        }
+        self.sum[3] += grad_norm;
+        self.n += 1;
+    }
+    fn take(&mut self) -> [f64; 4] {
+        let n = self.n.max(1) as f64;
+        let out = self.sum.map(|v| v / n);
+        *self = Window::default();
+        out
+    }
+}
+

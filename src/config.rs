@@ -52,6 +52,9 @@ pub struct ModelConfig {
     /// Which times the network embeds (Table 1(c)): "t,r", "t,t-r", "t,r,t-r", "t-r".
     #[serde(default)]
     pub time_input: TimeInput,
+    /// t is multiplied by this before the sinusoidal time features.
+    #[serde(default = "time_scale")]
+    pub time_scale: f64,
     // DiT ("dit", or overriding a preset)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<i64>,
@@ -125,6 +128,9 @@ pub struct GuidanceConfig {
     pub class_dropout: f64,
 }
 
+fn time_scale() -> f64 {
+    1.0
+}
 fn one() -> f64 {
     1.0
 }
@@ -369,6 +375,7 @@ impl ModelConfig {
     pub fn spec(&self, file: &str) -> Result<ModelSpec> {
         let c = Check { file };
         c.ensure(self.in_channels > 0, "model.in_channels", || format!("must be > 0, got {}", self.in_channels))?;
+        c.positive(self.time_scale, "model.time_scale")?;
         c.ensure(self.num_classes >= 0, "model.num_classes", || format!("must be >= 0, got {}", self.num_classes))?;
         let unused = |keys: &[(&str, bool)]| -> Result<()> {
             for (k, set) in keys {
@@ -382,6 +389,12 @@ impl ModelConfig {
             Ok(v)
         };
         let name = self.name.as_str();
+        let unknown = || {
+            Error::config(file, "model.name", format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")))
+        };
+        if name.starts_with("DiT-") && dit::named_size(name).is_none() {
+            return Err(unknown());
+        }
         if name == "dit" || name.starts_with("DiT-") {
             unused(&[
                 ("channels", self.channels.is_some()),
@@ -392,9 +405,7 @@ impl ModelConfig {
             let preset = if name == "dit" {
                 None
             } else {
-                Some(dit::named_size(name).ok_or_else(|| {
-                    Error::config(file, "model.name", format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")))
-                })?)
+                Some(dit::named_size(name).ok_or_else(unknown)?)
             };
             let pick = |v: Option<i64>, k: &str, d: Option<i64>| need(v.or(d), k);
             let size = DitSize {
@@ -420,6 +431,7 @@ impl ModelConfig {
                 num_classes: self.num_classes,
                 mlp_ratio,
                 time_input: self.time_input,
+                time_scale: self.time_scale,
             }));
         }
         match name {
@@ -456,6 +468,7 @@ impl ModelConfig {
                     input_size,
                     num_classes: self.num_classes,
                     time_input: self.time_input,
+                time_scale: self.time_scale,
                 }))
             }
             "mlp" => {
@@ -474,13 +487,10 @@ impl ModelConfig {
                     layers: need(Some(self.layers.unwrap_or(3)), "layers")?,
                     num_classes: self.num_classes,
                     time_input: self.time_input,
+                time_scale: self.time_scale,
                 }))
             }
-            _ => Err(Error::config(
-                file,
-                "model.name",
-                format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")),
-            )),
+            _ => Err(unknown()),
         }
     }
 }

@@ -36,6 +36,7 @@ pub enum Split {
     Test,
 }
 
+#[derive(Debug)]
 pub struct Dataset {
     pub images: Tensor,
     pub labels: Tensor,

@@ -51,6 +51,8 @@ pub struct DitSpec {
     pub num_classes: i64,
     pub mlp_ratio: f64,
     pub time_input: TimeInput,
+    /// Multiplies t before the sinusoidal features (see `embed::sinusoidal`).
+    pub time_scale: f64,
 }
 
 // ---------------------------------------------------------------- block
@@ -201,7 +203,7 @@ impl Dit {
         Ok(Dit {
             x_embedder,
             pos_embed,
-            time_embed: TimeEmbedding::new(p, spec.time_input, 256, hidden),
+            time_embed: TimeEmbedding::new(p, spec.time_input, 256, hidden, spec.time_scale),
             y_embedder: (spec.num_classes > 0).then(|| LabelEmbedder::new(p / "y_embedder", spec.num_classes, hidden)),
             blocks,
             final_layer: FinalLayer::new(p / "final_layer", hidden, patch, spec.in_channels),

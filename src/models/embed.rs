@@ -40,8 +40,9 @@ enum Slot {
 }
 
 /// Sinusoidal features of a scalar time, as DiT's `timestep_embedding`:
-/// [cos(s t f_i), sin(s t f_i)] with f_i = max_period^(-i/half). Our t lives in [0, 1];
-/// `scale` = 1000 maps it onto the range DiT's frequencies were chosen for.
+/// [cos(s t f_i), sin(s t f_i)] with f_i = max_period^(-i/half), t in [0, 1].
+/// The scale s sets the fastest frequency and so how steep u can be in t; MeanFlow's
+/// target contains du/dt, which grows with s (see `model.time_scale`).
 pub fn sinusoidal(t: &Tensor, dim: i64, scale: f64) -> Tensor {
     let half = dim / 2;
     let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()) / half as f64))
@@ -56,18 +57,17 @@ pub fn sinusoidal(t: &Tensor, dim: i64, scale: f64) -> Tensor {
     }
 }
 
-pub const TIME_SCALE: f64 = 1000.0;
-
 /// DiT's TimestepEmbedder: sinusoidal(freq_dim) -> Linear -> SiLU -> Linear.
 #[derive(Debug)]
 pub struct TimestepEmbedder {
     mlp0: nn::Linear,
     mlp2: nn::Linear,
     freq_dim: i64,
+    scale: f64,
 }
 
 impl TimestepEmbedder {
-    pub fn new(p: nn::Path, freq_dim: i64, hidden: i64) -> Self {
+    pub fn new(p: nn::Path, freq_dim: i64, hidden: i64, scale: f64) -> Self {
         // N(0, 0.02) for the timestep MLP, as DiT's initialize_weights.
         let cfg = nn::LinearConfig {
             ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
@@ -79,11 +79,12 @@ impl TimestepEmbedder {
             mlp0: nn::linear(&mlp / "0", freq_dim, hidden, cfg),
             mlp2: nn::linear(&mlp / "2", hidden, hidden, cfg),
             freq_dim,
+            scale,
         }
     }
 
     pub fn forward(&self, t: &Tensor) -> Tensor {
-        let f = sinusoidal(t, self.freq_dim, TIME_SCALE);
+        let f = sinusoidal(t, self.freq_dim, self.scale);
         self.mlp2.forward(&self.mlp0.forward(&f).silu())
     }
 }
@@ -96,9 +97,9 @@ pub struct TimeEmbedding {
 }
 
 impl TimeEmbedding {
-    pub fn new(p: &nn::Path, input: TimeInput, freq_dim: i64, hidden: i64) -> Self {
+    pub fn new(p: &nn::Path, input: TimeInput, freq_dim: i64, hidden: i64, scale: f64) -> Self {
         let embedders =
-            input.slots().iter().map(|(name, _)| TimestepEmbedder::new(p / *name, freq_dim, hidden)).collect();
+            input.slots().iter().map(|(name, _)| TimestepEmbedder::new(p / *name, freq_dim, hidden, scale)).collect();
         TimeEmbedding { input, embedders }
     }
 
@@ -129,7 +130,8 @@ pub struct LabelEmbedder {
 
 impl LabelEmbedder {
     pub fn new(p: nn::Path, num_classes: i64, hidden: i64) -> Self {
-        let table = p.var("embedding_table", &[num_classes + 1, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        // nn.Embedding's key: y_embedder.embedding_table.weight
+        let table = (p / "embedding_table").var("weight", &[num_classes + 1, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
         LabelEmbedder { table }
     }
 

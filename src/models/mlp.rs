@@ -11,6 +11,8 @@ pub struct MlpSpec {
     pub layers: i64,
     pub num_classes: i64,
     pub time_input: TimeInput,
+    /// Multiplies t before the sinusoidal features (see `embed::sinusoidal`).
+    pub time_scale: f64,
 }
 
 #[derive(Debug)]
@@ -26,7 +28,7 @@ impl MlpNet {
     pub fn new(p: &nn::Path, spec: &MlpSpec) -> Self {
         let h = spec.hidden;
         MlpNet {
-            time_embed: TimeEmbedding::new(p, spec.time_input, 64, h),
+            time_embed: TimeEmbedding::new(p, spec.time_input, 64, h, spec.time_scale),
             y_embedder: (spec.num_classes > 0).then(|| LabelEmbedder::new(p / "y_embedder", spec.num_classes, h)),
             input: xavier_linear(p / "net" / "input", spec.dim, h),
             hidden: (0..spec.layers).map(|i| xavier_linear(p / "net" / "hidden" / i, h, h)).collect(),

@@ -19,10 +19,19 @@ pub struct UnetSpec {
     pub input_size: i64,
     pub num_classes: i64,
     pub time_input: TimeInput,
+    /// Multiplies t before the sinusoidal features (see `embed::sinusoidal`).
+    pub time_scale: f64,
 }
 
 fn conv3(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
+}
+
+/// Nearest-neighbour 2x upsampling as a broadcast and a reshape: libtorch's
+/// upsample_nearest2d has a slow forward-mode rule (about 10x its primal on CPU).
+fn upsample2x(x: &Tensor) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("4-D feature map");
+    x.unsqueeze(3).unsqueeze(5).expand([b, c, h, 2, w, 2], false).reshape([b, c, 2 * h, 2 * w])
 }
 
 #[derive(Debug)]
@@ -133,7 +142,7 @@ impl Unet {
             up.push((blocks, us));
         }
         Ok(Unet {
-            time_embed: TimeEmbedding::new(p, spec.time_input, ch[0], emb),
+            time_embed: TimeEmbedding::new(p, spec.time_input, ch[0], emb, spec.time_scale),
             y_embedder: (spec.num_classes > 0).then(|| LabelEmbedder::new(p / "y_embedder", spec.num_classes, emb)),
             conv_in,
             down,
@@ -185,7 +194,7 @@ impl MeanFlowNet for Unet {
                 h = b.forward(&Tensor::cat(&[h, s], 1), &emb);
             }
             if let Some(us) = us {
-                h = us.forward(&h.upsample_nearest2d([h.size()[2] * 2, h.size()[3] * 2], None, None)); // [B, C, 2H, 2W]
+                h = us.forward(&upsample2x(&h)); // [B, C, 2H, 2W]
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&h).silu()) // [B, C_in, H, W]

@@ -1,0 +1,58 @@
+# meanflow: two commands set everything up on a fresh machine.
+#   make demo   install what is missing, build, train on Fashion-MNIST (CPU, minutes), write grids
+#   make test   the full test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+TORCH_VERSION := 2.11.0
+STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)
+DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
+FMNIST_DIR ?= $(DEBIAN_FMNIST)
+DEMO_CONFIG ?= configs/fashion_mnist.yaml
+DEMO_RUN ?= runs/fashion_mnist-$(shell date +%Y%m%d-%H%M%S)
+
+# libtorch is the one inside the project virtualenv's torch wheel; torch-sys finds it
+# through `python` (the venv's, first on PATH).
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+
+.PHONY: all venv data build demo test clean
+
+all: build
+
+venv: $(STAMP)
+
+$(STAMP):
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (gzipped IDX files).
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+	  echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif [ "$(FMNIST_DIR)" = "$(DEBIAN_FMNIST)" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+	  echo "Fashion-MNIST is not in $(FMNIST_DIR) and cannot be installed here (needs apt-get as root)."; \
+	  echo "Get the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"; \
+	  echo "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; gzipped or not) into a folder and run"; \
+	  echo "  make demo FMNIST_DIR=/path/to/that/folder"; \
+	  exit 1; \
+	fi
+
+build: venv
+	cargo build --release
+
+demo: venv data build
+	./target/release/meanflow train --config $(DEMO_CONFIG) --set train.run_dir=$(DEMO_RUN) --set data.root=$(FMNIST_DIR) $(DEMO_ARGS)
+
+test: venv data
+	cargo test --release
+
+clean:
+	cargo clean
+	rm -rf runs

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 TORCH_VERSION := 2.11.0
-STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)
+STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)-safetensors
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 FMNIST_DIR ?= $(DEBIAN_FMNIST)
 DEMO_CONFIG ?= configs/fashion_mnist.yaml
@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: all venv data build demo test clean
+.PHONY: all venv data build demo test crosscheck clean
 
 all: build
 
@@ -26,7 +26,7 @@ venv: $(STAMP)
 $(STAMP):
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy safetensors
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (gzipped IDX files).
@@ -50,8 +50,15 @@ build: venv
 demo: venv data build
 	./target/release/meanflow train --config $(DEMO_CONFIG) --set train.run_dir=$(DEMO_RUN) --set data.root=$(FMNIST_DIR) $(DEMO_ARGS)
 
+# Everything but the PyTorch cross-check, then the cross-check with its table shown.
 test: venv data
-	cargo test --release
+	cargo test --release -- --skip crosscheck
+	$(MAKE) --no-print-directory crosscheck
+
+# Same weights and draws through meanflow and tests/reference/meanflow_ref.py
+# (torch.func.jvp): loss, du/dt, target, gradients, one Adam step and one EMA update.
+crosscheck: venv
+	cargo test --release --test crosscheck -- --nocapture --test-threads=1
 
 clean:
 	cargo clean

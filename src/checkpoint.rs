@@ -160,3 +160,70 @@ pub fn load_vars(vs: &VarStore, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Which weights of a checkpoint to use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Weights {
+    Raw,
+    /// An EMA by decay; `None` = the first of `train.ema_decays`.
+    Ema(Option<f64>),
+}
+
+/// The safetensors file holding `which` weights of checkpoint `ckpt`.
+pub fn weights_file(ckpt: &Path, state: &TrainState, which: Weights) -> Result<PathBuf> {
+    match which {
+        Weights::Raw => Ok(ckpt.join("model.safetensors")),
+        Weights::Ema(decay) => {
+            let decay = decay.unwrap_or(state.ema_decays[0]);
+            if !state.ema_decays.contains(&decay) {
+                return Err(ckpt_err(ckpt, format!("no EMA with decay {decay} (has {:?})", state.ema_decays)));
+            }
+            Ok(ckpt.join(crate::ema::Ema::file_name(decay)))
+        }
+    }
+}
+
+/// Writes a checkpoint at step 0 whose model and EMA weights are the state dict `file`
+/// (checked key by key against the model of `config`), with zero optimizer moments:
+/// something to sample from, or to fine-tune with `--resume`.
+pub fn import(file: &Path, config: &Config, run_dir: &Path) -> Result<PathBuf> {
+    if latest(run_dir)?.is_some() {
+        return Err(ckpt_err(run_dir, "already holds a checkpoint; import into a new folder"));
+    }
+    let spec = config.model.spec("(config)")?;
+    let vs = VarStore::new(tch::Device::Cpu);
+    let _net = crate::models::build(&vs.root(), &spec)?;
+    load_vars(&vs, file)?;
+    let opt = crate::optim::Adam::new(&vs, config.train.optimizer, config.train.betas, config.train.weight_decay);
+    let state = TrainState {
+        step: 0,
+        seed: config.seed,
+        optimizer_updates: 0,
+        ema_decays: config.train.ema_decays.clone(),
+        config: Config { train: crate::config::TrainConfig { run_dir: run_dir.to_path_buf(), ..config.train.clone() }, ..config.clone() },
+    };
+    let emas: Vec<(f64, &VarStore)> = config.train.ema_decays.iter().map(|d| (*d, &vs)).collect();
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::write(run_dir.join("config.yaml"), serde_yaml::to_string(&state.config).expect("config serialises"))?;
+    save(run_dir, &state, &vs, &emas, &opt.state(), config.train.keep_checkpoints)
+}
+
+/// Copies the `which` weights of a checkpoint to `out` as a plain state dict that the
+/// PyTorch modules load with `load_state_dict(strict=True)`.
+pub fn export(ckpt: &Path, which: Weights, out: &Path) -> Result<PathBuf> {
+    let ckpt = resolve(ckpt)?;
+    let state = read_state(&ckpt)?;
+    let src = weights_file(&ckpt, &state, which)?;
+    // Re-validate against the model before handing it out.
+    let spec = state.config.model.spec("(checkpoint config)")?;
+    let vs = VarStore::new(tch::Device::Cpu);
+    let _net = crate::models::build(&vs.root(), &spec)?;
+    load_vars(&vs, &src)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = out.with_extension("safetensors.tmp");
+    write_vars(&vs, &tmp)?;
+    std::fs::rename(&tmp, out)?;
+    Ok(src)
+}

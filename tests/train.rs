@@ -152,3 +152,36 @@ fn data_that_does_not_fit_the_model_is_refused() {
     let e = train_on(&cfg(&tmp.path().join("r2"), &["train.batch_size=64"]), data(), &quiet()).unwrap_err().to_string();
     assert!(e.contains("train.batch_size"), "{e}");
 }
+
+#[test]
+fn import_refuses_state_dicts_that_do_not_fit() {
+    use meanflow::checkpoint::{export, import, Weights};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let c = cfg(&run, &["train.steps=1"]);
+    train_on(&c, data(), &quiet()).unwrap();
+    let sd = tmp.path().join("sd.safetensors");
+    export(&run, Weights::Raw, &sd).unwrap();
+    let mut named: Vec<(String, Tensor)> = checkpoint::read_named(&sd).unwrap().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let check = |named: &[(String, Tensor)], want: &str, tag: &str| {
+        let f = tmp.path().join(format!("{tag}.safetensors"));
+        Tensor::write_safetensors(named, &f).unwrap();
+        let e = import(&f, &c, &tmp.path().join(tag)).unwrap_err().to_string();
+        assert!(e.contains(want), "{tag}: {e}");
+    };
+    let missing_key = named[0].0.clone();
+    check(&named[1..], &missing_key, "missing");
+    let copy = |v: &[(String, Tensor)]| v.iter().map(|(n, t)| (n.clone(), t.copy())).collect::<Vec<_>>();
+    let mut extra = copy(&named);
+    extra.push(("blocks.99.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    check(&extra, "blocks.99.weight", "extra");
+    let mut shaped = copy(&named);
+    shaped[0].1 = Tensor::zeros([1, 2, 3], (Kind::Float, Device::Cpu));
+    check(&shaped, &format!("{missing_key} has shape [1, 2, 3]"), "shape");
+    // The untouched file imports, and its samples come out.
+    let ok = tmp.path().join("ok");
+    import(&sd, &c, &ok).unwrap();
+    let state = checkpoint::read_state(&checkpoint::latest(&ok).unwrap().unwrap()).unwrap();
+    assert_eq!(state.step, 0);
+}

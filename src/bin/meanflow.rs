@@ -3,7 +3,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use meanflow::{checkpoint, config, ema::Ema, models, sample, train};
+use meanflow::checkpoint::Weights;
+use meanflow::{checkpoint, config, models, sample, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[derive(Parser)]
@@ -51,6 +52,31 @@ enum Cmd {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Write a checkpoint's weights as a PyTorch state dict (safetensors).
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Export the raw weights instead of an EMA.
+        #[arg(long, conflicts_with = "ema")]
+        raw: bool,
+        /// Which EMA (default: the first of train.ema_decays).
+        #[arg(long)]
+        ema: Option<f64>,
+    },
+    /// Turn a state dict (safetensors) into a step-0 checkpoint of the model in --config.
+    Import {
+        #[arg(long = "state-dict")]
+        state_dict: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// The run folder to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the libtorch build, devices and thread count.
     Info,
 }
@@ -97,22 +123,20 @@ fn main() -> Result<()> {
             let spec = cfg.model.spec("checkpoint config")?;
             let vs = VarStore::new(device);
             let net = models::build(&vs.root(), &spec)?;
-            let file = if raw {
-                dir.join("model.safetensors")
-            } else {
-                let decay = ema.unwrap_or(state.ema_decays[0]);
-                anyhow::ensure!(
-                    state.ema_decays.contains(&decay),
-                    "no EMA with decay {decay} in {} (has {:?})",
-                    dir.display(),
-                    state.ema_decays
-                );
-                dir.join(Ema::file_name(decay))
-            };
+            let file = checkpoint::weights_file(&dir, &state, if raw { Weights::Raw } else { Weights::Ema(ema) })?;
             checkpoint::load_vars(&vs, &file)?;
             train::write_grid(net.as_ref(), &spec, &cfg, steps, device, &out)
                 .with_context(|| format!("sampling {}", dir.display()))?;
             println!("wrote {} ({}-NFE, weights {})", out.display(), steps, file.display());
+        }
+        Cmd::Export { checkpoint: ckpt, out, raw, ema } => {
+            let src = checkpoint::export(&ckpt, if raw { Weights::Raw } else { Weights::Ema(ema) }, &out)?;
+            println!("wrote {} (from {})", out.display(), src.display());
+        }
+        Cmd::Import { state_dict, config: cfg_path, overrides, out } => {
+            let cfg = config::load(&cfg_path, &overrides)?;
+            let dir = checkpoint::import(&state_dict, &cfg, &out)?;
+            println!("wrote checkpoint {} (step 0, weights from {})", dir.display(), state_dict.display());
         }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));

@@ -190,6 +190,88 @@ class MLPNet(nn.Module):
         return self.net.output(x)
 
 
+# ----------------------------------------------------------------------------- U-Net
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, emb, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb_proj = nn.Linear(emb, cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x))) + self.emb_proj(emb)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (self.skip(x) if self.skip is not None else x) + h
+
+
+class UNet(nn.Module):
+    """The small conv U-Net of src/models/unet.rs, level by level."""
+
+    def __init__(self, in_channels, channels, blocks_per_level, groups, num_classes=0, time_input="t,t-r",
+                 time_scale=1.0):
+        super().__init__()
+        emb = 4 * channels[0]
+        self.slots = SLOTS[time_input]
+        TimeEmbedding(self, time_input, emb, channels[0], time_scale)
+        self.y_embedder = LabelEmbedder(num_classes, emb) if num_classes > 0 else None
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        skips, cur = [channels[0]], channels[0]
+        self.down = nn.ModuleList()
+        for l, c in enumerate(channels):
+            level = nn.Module()
+            level.res = nn.ModuleList()
+            for _ in range(blocks_per_level):
+                level.res.append(ResBlock(cur, c, emb, groups))
+                cur = c
+                skips.append(cur)
+            if l + 1 < len(channels):
+                level.downsample = nn.Conv2d(cur, cur, 3, stride=2, padding=1)
+                skips.append(cur)
+            self.down.append(level)
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb, groups), ResBlock(cur, cur, emb, groups)])
+        ups = {}
+        for l in reversed(range(len(channels))):
+            level = nn.Module()
+            level.res = nn.ModuleList()
+            for _ in range(blocks_per_level + 1):
+                level.res.append(ResBlock(cur + skips.pop(), channels[l], emb, groups))
+                cur = channels[l]
+            if l > 0:
+                level.upsample = nn.Conv2d(cur, cur, 3, padding=1)
+            ups[l] = level
+        # Registered as up.0, up.1, ... (level index), applied from the deepest level.
+        self.up = nn.ModuleList([ups[l] for l in range(len(channels))])
+        self.norm_out = nn.GroupNorm(groups, cur)
+        self.conv_out = nn.Conv2d(cur, in_channels, 3, padding=1)
+
+    def forward(self, z, t, r, y):
+        emb = TimeEmbedding.embed(self, self.slots, t, r)
+        if self.y_embedder is not None and y is not None:
+            emb = emb + self.y_embedder(y)
+        emb = F.silu(emb)
+        h = self.conv_in(z)
+        skips = [h]
+        for level in self.down:
+            for block in level.res:
+                h = block(h, emb)
+                skips.append(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, emb)
+        for level in reversed(self.up):
+            for block in level.res:
+                h = block(torch.cat([h, skips.pop()], 1), emb)
+            if hasattr(level, "upsample"):
+                h = level.upsample(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
 def build(spec):
     kind = spec["kind"]
     common = dict(time_input=spec["time_input"], time_scale=spec["time_scale"])
@@ -198,6 +280,9 @@ def build(spec):
                    spec["heads"], spec["patch"], spec["mlp_ratio"], **common)
     if kind == "mlp":
         return MLPNet(spec["dim"], spec["hidden"], spec["layers"], spec["num_classes"], **common)
+    if kind == "unet":
+        return UNet(spec["in_channels"], spec["channels"], spec["blocks_per_level"], spec["groups"],
+                    spec["num_classes"], **common)
     raise ValueError(f"unknown model kind {kind}")
 
 
@@ -277,6 +362,19 @@ def run_case(case_dir):
     save_file({k: v.contiguous().cpu() for k, v in res.items()}, f"{case_dir}/result.safetensors")
 
 
+def forward_check(spec_json, weights, inputs, out):
+    """Loads `weights` into the reference model with strict=True and writes u for `inputs`."""
+    model = build(json.load(open(spec_json)))
+    model.load_state_dict(load_file(weights), strict=True)
+    x = load_file(inputs)
+    with torch.no_grad():
+        u = model(x["z"], x["t"], x["r"], x.get("labels"))
+    save_file({"u": u.contiguous()}, out)
+
+
 if __name__ == "__main__":
-    for d in sys.argv[1:]:
-        run_case(d)
+    if sys.argv[1] == "--forward":
+        forward_check(*sys.argv[2:6])
+    else:
+        for d in sys.argv[1:]:
+            run_case(d)

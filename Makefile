@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: all venv data build demo test crosscheck clean
+.PHONY: all venv data build demo test crosscheck bench-train clean
 
 all: build
 
@@ -59,6 +59,10 @@ test: venv data
 # (torch.func.jvp): loss, du/dt, target, gradients, one Adam step and one EMA update.
 crosscheck: venv
 	cargo test --release --test crosscheck -- --nocapture --test-threads=1
+
+# One training step here and in the PyTorch reference, same model and batch: steps/s and ratio.
+bench-train: venv
+	cargo bench --bench train_step
 
 clean:
 	cargo clean

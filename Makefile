@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: all venv data build demo test crosscheck bench-train clean
+.PHONY: all venv data build demo test crosscheck bench-train gpu-check-build gpu-check clean
 
 all: build
 
@@ -63,6 +63,17 @@ crosscheck: venv
 # One training step here and in the PyTorch reference, same model and batch: steps/s and ratio.
 bench-train: venv
 	cargo bench --bench train_step
+
+# What scripts/gpu-check.sh runs: the CLI, the cross-check test and the bench, built here.
+gpu-check-build: venv
+	cargo build --release
+	cargo test --release --no-run --test crosscheck
+	cargo bench --no-run --bench train_step
+	@echo "carry: target/release/meanflow and these:"; ls -t target/release/deps/crosscheck-* target/release/deps/train_step-* | grep -v '\.d$$'
+
+# On this machine (no GPU) it falls back to the CPU, which is how it is tested.
+gpu-check: gpu-check-build
+	bash scripts/gpu-check.sh
 
 clean:
 	cargo clean

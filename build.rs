@@ -1,10 +1,13 @@
-//! Compiles the dual-level shim against the libtorch that torch-sys found, links
+//! Compiles the C++ shim (dual levels, autocast, device memory) against the libtorch that torch-sys found, links
 //! `torch_cuda` even though no Rust symbol needs it (so CUDA is visible when present)
 //! and records libtorch's folder as an rpath so the binary runs without LD_LIBRARY_PATH.
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/dual_level.cpp");
+    const SHIM: [&str; 3] = ["csrc/dual_level.cpp", "csrc/autocast.cpp", "csrc/device_memory.cpp"];
+    for f in SHIM {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB")
@@ -20,7 +23,7 @@ fn main() {
         .flag("-std=c++17")
         // Every torch >= 2.7 wheel is built with the new libstdc++ ABI.
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .file("csrc/dual_level.cpp")
+        .files(SHIM)
         .compile("meanflow_shim");
 
     println!("cargo:rustc-link-search=native={}", lib.display());

@@ -9,6 +9,7 @@ use meanflow::ema::Ema;
 use meanflow::loss::Draws;
 use meanflow::models::{self, ModelSpec};
 use meanflow::optim::Adam;
+use meanflow::precision::Autocast;
 use meanflow::time::sample_pair;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -33,10 +34,11 @@ fn spec_json(cfg: &Config) -> serde_json::Value {
     }
 }
 
-/// Steps per second of our training step on random data of the config's shape.
-fn rust_steps_per_s(cfg: &Config, warmup: usize, steps: usize) -> f64 {
+/// Steps per second of our training step on random data of the config's shape, and the
+/// peak memory allocated (CUDA only).
+fn rust_steps_per_s(cfg: &Config, device: Device, warmup: usize, steps: usize) -> (f64, Option<u64>) {
     let spec = cfg.model.spec("bench").unwrap();
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device);
     let net = models::build(&vs.root(), &spec).unwrap();
     let ema = Ema::new(&spec, &vs, cfg.train.ema_decays[0]).unwrap();
     let mut opt = Adam::new(&vs, cfg.train.optimizer, cfg.train.betas, cfg.train.weight_decay);
@@ -44,13 +46,16 @@ fn rust_steps_per_s(cfg: &Config, warmup: usize, steps: usize) -> f64 {
     let (b, m) = (cfg.train.batch_size, &cfg.model);
     let shape = [b, m.in_channels, m.input_size, m.input_size];
     let step = |opt: &mut Adam| {
-        let x = Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-        let labels = (m.num_classes > 0).then(|| Tensor::randint(m.num_classes, [b], (Kind::Int64, Device::Cpu)));
+        let x = Tensor::rand(shape, (Kind::Float, device)) * 2.0 - 1.0;
+        let labels = (m.num_classes > 0).then(|| Tensor::randint(m.num_classes, [b], (Kind::Int64, device)));
         let mf = &cfg.meanflow;
-        let pair = sample_pair(mf.pair_sampler, mf.ratio, &mf.time_sampler, &mf.time_sampler, b, Device::Cpu);
-        let dropped = obj.guidance.as_ref().map(|g| g.draw_drop_mask(b, Device::Cpu));
+        let pair = sample_pair(mf.pair_sampler, mf.ratio, &mf.time_sampler, &mf.time_sampler, b, device);
+        let dropped = obj.guidance.as_ref().map(|g| g.draw_drop_mask(b, device));
         let d = Draws { e: x.randn_like(), x, t: pair.t, r: pair.r, labels, dropped };
-        let out = obj.compute(net.as_ref(), &d, true).unwrap();
+        let out = {
+            let _autocast = Autocast::for_precision(device, cfg.train.precision).unwrap();
+            obj.compute(net.as_ref(), &d, true).unwrap()
+        };
         opt.zero_grad();
         out.loss.backward();
         opt.step(cfg.train.lr);
@@ -60,18 +65,32 @@ fn rust_steps_per_s(cfg: &Config, warmup: usize, steps: usize) -> f64 {
     for _ in 0..warmup {
         step(&mut opt);
     }
+    meanflow::precision::reset_peak(device);
     let t0 = Instant::now();
     for _ in 0..steps {
         step(&mut opt);
     }
-    steps as f64 / t0.elapsed().as_secs_f64()
+    // Each step ends in a host read of the loss, so the device has finished.
+    (steps as f64 / t0.elapsed().as_secs_f64(), meanflow::precision::peak_allocated(device))
 }
 
-fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("MEANFLOW_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
-    let threads = tch::get_num_threads();
-    let workloads = vec![
+fn device() -> Device {
+    match std::env::var("MEANFLOW_DEVICE").as_deref() {
+        Ok("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+        Ok("cuda") => {
+            println!("MEANFLOW_DEVICE=cuda but CUDA is not visible: benchmarking the CPU workloads");
+            Device::Cpu
+        }
+        _ => Device::Cpu,
+    }
+}
+
+fn gib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into())
+}
+
+fn cpu_workloads() -> Vec<Workload> {
+    vec![
         Workload {
             name: "DiT-S/4, batch 8, 32x32x4, 1000 classes",
             config: "configs/fashion_mnist.yaml",
@@ -84,15 +103,48 @@ fn main() {
             .to_vec(),
         },
         Workload { name: "CPU demo model (configs/fashion_mnist.yaml)", config: "configs/fashion_mnist.yaml", overrides: vec![] },
-    ];
-    println!("meanflow bench-train: one training step, CPU, {threads} threads (steps/s, higher is better)");
+    ]
+}
+
+/// DiT-B/2 at batch 64 on 32x32x4: MeanFlow (ratio 0.25) and flow matching (ratio 0),
+/// float32 and bf16 autocast (the JVP stays float32).
+fn gpu_workloads() -> Vec<Workload> {
+    let mut out = Vec::new();
+    for (name, ratio, precision) in [
+        ("DiT-B/2 b64 MeanFlow fp32", 0.25, "fp32"),
+        ("DiT-B/2 b64 MeanFlow bf16", 0.25, "bf16"),
+        ("DiT-B/2 b64 flow matching fp32", 0.0, "fp32"),
+        ("DiT-B/2 b64 flow matching bf16", 0.0, "bf16"),
+    ] {
+        out.push(Workload {
+            name,
+            config: "configs/fashion_mnist.yaml",
+            overrides: vec![
+                "model={name: DiT-B/2, in_channels: 4, input_size: 32, num_classes: 1000}".into(),
+                "train.batch_size=64".into(),
+                "guidance=null".into(),
+                format!("meanflow.ratio={ratio}"),
+                format!("train.precision={precision}"),
+            ],
+        });
+    }
+    out
+}
+
+fn main() {
+    let root = std::env::var_os("MEANFLOW_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let python = std::env::var_os("MEANFLOW_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
+    let threads = tch::get_num_threads();
+    let device = device();
+    let workloads = if device.is_cuda() { gpu_workloads() } else { cpu_workloads() };
+    println!("meanflow bench-train: one training step on {device:?}, {threads} CPU threads (steps/s, higher is better)");
     println!(
-        "{:<44} {:>10} {:>14} {:>14} {:>10} {:>10}",
-        "workload", "meanflow", "torch jvp", "torch 2-pass", "ratio jvp", "ratio 2p"
+        "{:<44} {:>10} {:>14} {:>14} {:>10} {:>10} {:>11} {:>11}",
+        "workload", "meanflow", "torch jvp", "torch 2-pass", "ratio jvp", "ratio 2p", "peak ours", "peak torch"
     );
     for w in workloads {
         let cfg = config::load(&root.join(w.config), &w.overrides).unwrap();
-        let ours = rust_steps_per_s(&cfg, 3, 10);
+        let (ours, peak) = rust_steps_per_s(&cfg, device, 3, 10);
         let tmp = std::env::temp_dir().join(format!("meanflow-bench-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         let case = serde_json::json!({
@@ -100,6 +152,7 @@ fn main() {
             "time_sampler": cfg.meanflow.time_sampler, "norm_p": cfg.meanflow.norm_p, "norm_eps": cfg.meanflow.norm_eps,
             "guidance": cfg.guidance, "lr": cfg.train.lr, "betas": cfg.train.betas, "ema_decay": cfg.train.ema_decays[0],
             "threads": threads, "warmup": 3, "steps": 10,
+            "device": if device.is_cuda() { "cuda" } else { "cpu" }, "precision": cfg.train.precision,
         });
         let case_path = tmp.join("bench.json");
         std::fs::write(&case_path, case.to_string()).unwrap();
@@ -111,9 +164,21 @@ fn main() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let (jvp, two) = (r["jvp"].as_f64().unwrap(), r["two_pass"].as_f64().unwrap());
-        println!("{:<44} {:>10.2} {:>14.2} {:>14.2} {:>10.2} {:>10.2}", w.name, ours, jvp, two, ours / jvp, ours / two);
+        let torch_peak = r["jvp_peak"].as_u64();
+        println!(
+            "{:<44} {:>10.2} {:>14.2} {:>14.2} {:>10.2} {:>10.2} {:>11} {:>11}",
+            w.name,
+            ours,
+            jvp,
+            two,
+            ours / jvp,
+            ours / two,
+            gib(peak),
+            gib(torch_peak)
+        );
         let _ = std::fs::remove_dir_all(Path::new(&tmp));
     }
     println!("ratio = meanflow steps/s / torch steps/s; torch jvp = eager torch.func.jvp over the batch,");
     println!("torch 2-pass = u with grad, then the JVP under no_grad (the reference's cheaper variant).");
+    println!("peak = peak memory allocated by the caching allocator during the timed steps (CUDA only).");
 }

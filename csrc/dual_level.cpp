@@ -10,8 +10,10 @@
 #include <exception>
 #include <string>
 
+// The message of the last failed call on this thread, shared by every file of the shim.
+thread_local std::string mf_error;
+
 namespace {
-thread_local std::string last_error;
 
 template <typename F>
 int guarded(F&& f) {
@@ -19,9 +21,9 @@ int guarded(F&& f) {
     f();
     return 0;
   } catch (const std::exception& e) {
-    last_error = e.what();
+    mf_error = e.what();
   } catch (...) {
-    last_error = "unknown C++ exception";
+    mf_error = "unknown C++ exception";
   }
   return 1;
 }
@@ -37,6 +39,6 @@ int mf_dual_level_exit(uint64_t idx) {
   return guarded([&] { torch::autograd::ForwardADLevel::release_idx(idx); });
 }
 
-const char* mf_last_error() { return last_error.c_str(); }
+const char* mf_last_error() { return mf_error.c_str(); }
 
 }  // extern "C"

@@ -127,8 +127,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 pub fn read_state(ckpt: &Path) -> Result<TrainState> {
     let p = ckpt.join("state.json");
     let text = std::fs::read_to_string(&p).map_err(|e| ckpt_err(&p, format!("cannot read: {e}")))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| ckpt_err(&p, e.to_string()))?;
-    state.config.validate(&p.display().to_string())?;
+    let mut state: TrainState = serde_json::from_str(&text).map_err(|e| ckpt_err(&p, e.to_string()))?;
+    state.config.source = p.display().to_string();
+    state.config.validate(&state.config.source)?;
     Ok(state)
 }
 
@@ -190,7 +191,7 @@ pub fn import(file: &Path, config: &Config, run_dir: &Path) -> Result<PathBuf> {
     if latest(run_dir)?.is_some() {
         return Err(ckpt_err(run_dir, "already holds a checkpoint; import into a new folder"));
     }
-    let spec = config.model.spec("(config)")?;
+    let spec = config.model.spec(&config.source)?;
     let vs = VarStore::new(tch::Device::Cpu);
     let _net = crate::models::build(&vs.root(), &spec)?;
     load_vars(&vs, file)?;

@@ -15,6 +15,9 @@ use crate::time::{PairSampler, TimeSampler};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where this config came from (file and overrides), for error messages; not a key.
+    #[serde(skip)]
+    pub source: String,
     /// Seeds weights, data order and every per-step draw.
     #[serde(default)]
     pub seed: u64,
@@ -198,6 +201,9 @@ pub struct TrainConfig {
     pub on_nonfinite: OnNonFinite,
     #[serde(default)]
     pub device: DeviceChoice,
+    /// fp32, or bf16 autocast for all but the JVP (which stays float32).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// CPU threads for libtorch; absent = libtorch's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<i32>,
@@ -247,18 +253,46 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
     let mut value: serde_yaml::Value =
         serde_yaml::from_str(&text).map_err(|e| Error::config(&file, "(yaml)", e.to_string()))?;
     for o in overrides {
-        apply_override(&mut value, o).map_err(|(key, msg)| Error::config(&file, key, msg))?;
+        apply_override(&mut value, o).map_err(|(key, msg)| Error::config(format!("{file} --set {o}"), key, msg))?;
     }
-    from_value(&file, value)
+    // An error about a key that an override set (or set a parent of) names that override.
+    let source = |key: &str| -> String {
+        let by_override = overrides.iter().rev().find(|o| {
+            let k = o.split('=').next().unwrap_or_default();
+            k == key || key.starts_with(&format!("{k}."))
+        });
+        match by_override {
+            Some(o) => format!("{file} --set {o}"),
+            None => file.clone(),
+        }
+    };
+    let mut cfg = parse(value, &source).map_err(|e| match e {
+        // serde reports an unknown key at its parent: look for an override of parent.field.
+        Error::Config { file: f, key, msg } if f == file && msg.starts_with("unknown field `") => {
+            let field = msg.trim_start_matches("unknown field `").split('`').next().unwrap_or_default();
+            let full = if key == "(top level)" { field.to_string() } else { format!("{key}.{field}") };
+            Error::Config { file: source(&full), key: full, msg }
+        }
+        other => other,
+    })?;
+    cfg.source = if overrides.is_empty() { file } else { format!("{file} (with {} --set)", overrides.len()) };
+    Ok(cfg)
+}
+
+fn parse(value: serde_yaml::Value, source: &dyn Fn(&str) -> String) -> Result<Config> {
+    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)".to_string() } else { key };
+        Error::config(source(&key), key.clone(), e.into_inner().to_string())
+    })?;
+    cfg.validate_with(source)?;
+    Ok(cfg)
 }
 
 /// Parses an already-loaded YAML value (a config stored in a checkpoint, say).
 pub fn from_value(file: &str, value: serde_yaml::Value) -> Result<Config> {
-    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = e.path().to_string();
-        Error::config(file, if key == "." { "(top level)".into() } else { key }, e.into_inner().to_string())
-    })?;
-    cfg.validate(file)?;
+    let mut cfg = parse(value, &|_| file.to_string())?;
+    cfg.source = file.to_string();
     Ok(cfg)
 }
 
@@ -291,7 +325,7 @@ fn apply_override(root: &mut serde_yaml::Value, o: &str) -> std::result::Result<
 // ---------------------------------------------------------------- validation
 
 struct Check<'a> {
-    file: &'a str,
+    source: &'a dyn Fn(&str) -> String,
 }
 
 impl Check<'_> {
@@ -299,7 +333,7 @@ impl Check<'_> {
         if ok {
             Ok(())
         } else {
-            Err(Error::config(self.file, key, msg()))
+            Err(Error::config((self.source)(key), key, msg()))
         }
     }
     fn unit(&self, v: f64, key: &str) -> Result<()> {
@@ -312,7 +346,11 @@ impl Check<'_> {
 
 impl Config {
     pub fn validate(&self, file: &str) -> Result<()> {
-        let c = Check { file };
+        self.validate_with(&|_| file.to_string())
+    }
+
+    fn validate_with(&self, source: &dyn Fn(&str) -> String) -> Result<()> {
+        let c = Check { source };
         let m = &self.meanflow;
         c.unit(m.ratio, "meanflow.ratio")?;
         c.ensure(m.norm_p.is_finite() && m.norm_p >= 0.0, "meanflow.norm_p", || format!("must be >= 0, got {}", m.norm_p))?;
@@ -366,14 +404,23 @@ impl Config {
             c.ensure(*k >= 1, "sample.nfe", || "each entry must be >= 1".into())?;
         }
         c.ensure(self.sample.per_class > 0, "sample.per_class", || "must be > 0".into())?;
-        self.model.spec(file).map(|_| ())
+        self.model.spec_with(source).map(|_| ())
+    }
+
+    /// An error about `key` of this config, naming where the config came from.
+    pub fn error(&self, key: &str, msg: impl Into<String>) -> Error {
+        Error::config(if self.source.is_empty() { "(config)" } else { self.source.as_str() }, key, msg)
     }
 }
 
 impl ModelConfig {
     /// Resolves the network; errors name the key that is wrong or missing.
     pub fn spec(&self, file: &str) -> Result<ModelSpec> {
-        let c = Check { file };
+        self.spec_with(&|_| file.to_string())
+    }
+
+    fn spec_with(&self, source: &dyn Fn(&str) -> String) -> Result<ModelSpec> {
+        let c = Check { source };
         c.ensure(self.in_channels > 0, "model.in_channels", || format!("must be > 0, got {}", self.in_channels))?;
         c.positive(self.time_scale, "model.time_scale")?;
         c.ensure(self.num_classes >= 0, "model.num_classes", || format!("must be >= 0, got {}", self.num_classes))?;
@@ -384,13 +431,18 @@ impl ModelConfig {
             Ok(())
         };
         let need = |v: Option<i64>, k: &str| -> Result<i64> {
-            let v = v.ok_or_else(|| Error::config(file, format!("model.{k}"), format!("is required by model {:?}", self.name)))?;
+            let key = format!("model.{k}");
+            let v = v.ok_or_else(|| Error::config(source(&key), &key, format!("is required by model {:?}", self.name)))?;
             c.ensure(v > 0, &format!("model.{k}"), || format!("must be > 0, got {v}"))?;
             Ok(v)
         };
         let name = self.name.as_str();
         let unknown = || {
-            Error::config(file, "model.name", format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")))
+            Error::config(
+                source("model.name"),
+                "model.name",
+                format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")),
+            )
         };
         if name.starts_with("DiT-") && dit::named_size(name).is_none() {
             return Err(unknown());
@@ -447,7 +499,7 @@ impl ModelConfig {
                 let channels = self
                     .channels
                     .clone()
-                    .ok_or_else(|| Error::config(file, "model.channels", "is required by model \"unet\""))?;
+                    .ok_or_else(|| Error::config(source("model.channels"), "model.channels", "is required by model \"unet\""))?;
                 c.ensure(!channels.is_empty() && channels.iter().all(|&x| x > 0), "model.channels", || {
                     format!("must be a non-empty list of positive counts, got {channels:?}")
                 })?;

@@ -37,5 +37,9 @@ pub fn save_grid(images: &Tensor, ncols: i64, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
     }
-    img.save(path).map_err(|e| Error::file(path, format!("cannot write PNG: {e}")))
+    // Written beside the target and renamed: a failed write leaves no partial file.
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| Error::file(path, format!("cannot write PNG: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("cannot write PNG: {e}")))
 }

@@ -21,6 +21,11 @@ extern "C" {
 
 static LEVEL_LOCK: Mutex<()> = Mutex::new(());
 
+/// The message of the shim's last failed call on this thread.
+pub(crate) fn shim_last_error() -> String {
+    last_error()
+}
+
 fn last_error() -> String {
     // SAFETY: the shim returns a pointer to a thread-local, NUL-terminated string.
     unsafe { std::ffi::CStr::from_ptr(mf_last_error()) }.to_string_lossy().into_owned()
@@ -114,6 +119,11 @@ where
             tangents.len()
         )));
     }
+    // The JVP stays in float32 even inside a bf16 autocast region.
+    let _fp32 = match primals.first() {
+        Some(p) => Some(crate::precision::Autocast::set(p.device(), false)?),
+        None => None,
+    };
     let level = DualLevel::enter()?;
     let duals = primals
         .iter()

@@ -13,6 +13,7 @@ pub mod loss;
 pub mod models;
 pub mod optim;
 pub mod path;
+pub mod precision;
 pub mod sample;
 pub mod time;
 pub mod train;

@@ -69,6 +69,8 @@ pub struct LossOutput {
     /// The adaptive weight's denominator (S + eps)^p per sample `[B]` (detached).
     pub weight: Tensor,
     pub u: Tensor,
+    /// du/dt along the tangent (detached); zero on r = t rows under `JvpRows::MeanFlowOnly`,
+    /// where it is multiplied by t - r = 0 anyway.
     pub dudt: Tensor,
     pub u_tgt: Tensor,
 }
@@ -96,40 +98,10 @@ impl MeanFlowLoss {
             _ => v.shallow_clone(),
         };
 
+        let labels_in = labels_in.as_ref();
         let (u, dudt) = match self.jvp_rows {
-            JvpRows::All => self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in.as_ref(), train)?,
-            JvpRows::MeanFlowOnly => {
-                // Rows with r = t have (t - r) du/dt = 0: their target is v~ whatever du/dt
-                // is, so only the r != t rows pay for the dual pass.
-                let mf = d.t.ne_tensor(&d.r);
-                let n_mf = i64::try_from(mf.sum(tch::Kind::Int64))?;
-                let b = d.t.size()[0];
-                if n_mf == b {
-                    self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in.as_ref(), train)?
-                } else if n_mf == 0 {
-                    (net.forward(&z, &d.t, &d.r, labels_in.as_ref(), train), z.zeros_like())
-                } else {
-                    let i_mf = mf.nonzero().squeeze_dim(1);
-                    let i_fm = mf.logical_not().nonzero().squeeze_dim(1);
-                    let pick = |x: &Tensor, i: &Tensor| x.index_select(0, i);
-                    let l_mf = labels_in.as_ref().map(|l| pick(l, &i_mf));
-                    let l_fm = labels_in.as_ref().map(|l| pick(l, &i_fm));
-                    let u_fm = net.forward(&pick(&z, &i_fm), &pick(&d.t, &i_fm), &pick(&d.r, &i_fm), l_fm.as_ref(), train);
-                    let (u_mf, dudt_mf) = self.u_and_dudt(
-                        net,
-                        &pick(&z, &i_mf),
-                        &pick(&d.t, &i_mf),
-                        &pick(&d.r, &i_mf),
-                        &pick(&v_g, &i_mf),
-                        l_mf.as_ref(),
-                        train,
-                    )?;
-                    let u = u_fm.new_zeros(z.size().as_slice(), (u_fm.kind(), u_fm.device()));
-                    let u = u.index_copy(0, &i_fm, &u_fm).index_copy(0, &i_mf, &u_mf);
-                    let dudt = z.zeros_like().index_copy(0, &i_mf, &dudt_mf);
-                    (u, dudt)
-                }
-            }
+            JvpRows::All => self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in, train)?,
+            JvpRows::MeanFlowOnly => self.u_and_dudt_split(net, &z, &d.t, &d.r, &v_g, labels_in, train)?,
         };
 
         // u_tgt = v - (t - r) du/dt; (JAX) clips t - r to [0, 1]. sg(u_tgt): no gradient.
@@ -139,6 +111,43 @@ impl MeanFlowLoss {
         out.v_loss = (u.detach() - &v).square().mean(u.kind());
         out.dudt = dudt;
         Ok(out)
+    }
+
+    /// As `u_and_dudt`, but the dual pass runs only on rows with r != t. Rows with r = t
+    /// have (t - r) du/dt = 0, so their target is v~ whatever du/dt is: they take a plain
+    /// forward and get du/dt = 0.
+    #[allow(clippy::too_many_arguments)]
+    fn u_and_dudt_split(
+        &self,
+        net: &dyn MeanFlowNet,
+        z: &Tensor,
+        t: &Tensor,
+        r: &Tensor,
+        v_g: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let mf = t.ne_tensor(r);
+        let n_mf = i64::try_from(mf.sum(tch::Kind::Int64))?; // one host sync
+        if n_mf == t.size()[0] {
+            return self.u_and_dudt(net, z, t, r, v_g, labels, train);
+        }
+        if n_mf == 0 {
+            return Ok((net.forward(z, t, r, labels, train).to_kind(z.kind()), z.zeros_like()));
+        }
+        let i_mf = mf.nonzero().squeeze_dim(1);
+        let i_fm = mf.logical_not().nonzero().squeeze_dim(1);
+        let rows = |x: &Tensor, i: &Tensor| x.index_select(0, i);
+        let l_mf = labels.map(|l| rows(l, &i_mf));
+        let l_fm = labels.map(|l| rows(l, &i_fm));
+        let u_fm = net.forward(&rows(z, &i_fm), &rows(t, &i_fm), &rows(r, &i_fm), l_fm.as_ref(), train);
+        let (u_mf, dudt_mf) =
+            self.u_and_dudt(net, &rows(z, &i_mf), &rows(t, &i_mf), &rows(r, &i_mf), &rows(v_g, &i_mf), l_mf.as_ref(), train)?;
+        // index_copy is differentiable in its source: gradients flow back to both parts.
+        // Under autocast the plain forward comes out in bf16; the dual one is float32.
+        let u = z.zeros_like().index_copy(0, &i_fm, &u_fm.to_kind(z.kind())).index_copy(0, &i_mf, &u_mf);
+        let dudt = z.zeros_like().index_copy(0, &i_mf, &dudt_mf);
+        Ok((u, dudt))
     }
 
     /// One dual forward: u(z, r, t) with its graph, and du/dt along (v~, dr, dt).

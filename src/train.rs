@@ -32,7 +32,9 @@ pub struct TrainOptions {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// Steps run by this call, from `start_step` to `start_step + steps`.
     pub steps: u64,
+    pub start_step: u64,
     pub wall_s: f64,
     pub steps_per_s: f64,
     pub loss: f64,
@@ -42,12 +44,13 @@ pub struct RunSummary {
     pub grids: Vec<PathBuf>,
 }
 
-pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+/// The device of a `train.device` / `--device` choice; CUDA asked for but not visible is an error.
+pub fn resolve_device(choice: DeviceChoice) -> std::result::Result<Device, String> {
     match choice {
         DeviceChoice::Auto => Ok(Device::cuda_if_available()),
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::config("(config)", "train.device", "cuda requested but CUDA is not available")),
+        DeviceChoice::Cuda => Err("cuda requested but CUDA is not available (no NVIDIA driver or GPU visible)".into()),
     }
 }
 
@@ -113,28 +116,81 @@ impl Batcher {
 
 fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
     let size = data.images.size();
-    let file = "(config)";
     if size[1] != cfg.model.in_channels {
-        return Err(Error::config(file, "model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
+        return Err(cfg.error("model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
     }
     if size[2] != cfg.model.input_size || size[3] != cfg.model.input_size {
-        return Err(Error::config(
-            file,
-            "model.input_size",
-            format!("is {} but the data is {}x{}", cfg.model.input_size, size[2], size[3]),
-        ));
+        return Err(cfg.error("model.input_size", format!("is {} but the data is {}x{}", cfg.model.input_size, size[2], size[3])));
     }
     if cfg.model.num_classes != 0 && cfg.model.num_classes != data.num_classes {
-        return Err(Error::config(
-            file,
+        return Err(cfg.error(
             "model.num_classes",
             format!("is {} but the data has {} classes (use 0 for unconditional)", cfg.model.num_classes, data.num_classes),
         ));
     }
     if data.len() < cfg.train.batch_size {
-        return Err(Error::config(file, "train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len())));
+        return Err(cfg.error("train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len())));
     }
     Ok(())
+}
+
+/// What may change on resume: the step budget, logging and checkpoint cadence, sampling.
+/// The seed, model and EMA set must match (an error); any other change is run as asked
+/// but listed, since it makes the run differ from an uninterrupted one.
+fn check_resume(cfg: &Config, state: &TrainState, ckpt: &Path) -> Result<()> {
+    if state.step >= cfg.train.steps {
+        return Err(Error::Checkpoint {
+            path: ckpt.to_path_buf(),
+            msg: format!("is at step {} and train.steps is {}: nothing to resume (raise train.steps)", state.step, cfg.train.steps),
+        });
+    }
+    if state.seed != cfg.seed {
+        return Err(cfg.error("seed", format!("is {} but the checkpoint was trained with {}", cfg.seed, state.seed)));
+    }
+    if state.ema_decays != cfg.train.ema_decays {
+        return Err(cfg.error(
+            "train.ema_decays",
+            format!("are {:?} but the checkpoint has EMAs {:?}", cfg.train.ema_decays, state.ema_decays),
+        ));
+    }
+    let old = serde_yaml::to_value(&state.config).expect("config serialises");
+    let new = serde_yaml::to_value(cfg).expect("config serialises");
+    let mut changed = Vec::new();
+    diff_values("", &old, &new, &mut changed);
+    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root"];
+    for (key, a, b) in changed {
+        if key.starts_with("model.") {
+            return Err(cfg.error(&key, format!("is {b} but the checkpoint's model has {a}")));
+        }
+        if !free.iter().any(|f| key.starts_with(f)) {
+            eprintln!("meanflow: resuming with {key} changed from {a} to {b}; the run will differ from an uninterrupted one");
+        }
+    }
+    Ok(())
+}
+
+/// Leaf keys whose values differ between two YAML trees, as (dotted key, old, new).
+fn diff_values(prefix: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: &mut Vec<(String, String, String)>) {
+    use serde_yaml::Value;
+    match (a, b) {
+        (Value::Mapping(ma), Value::Mapping(mb)) => {
+            let mut keys: Vec<&Value> = ma.keys().chain(mb.keys()).collect();
+            keys.dedup();
+            for k in keys {
+                let name = k.as_str().unwrap_or("?");
+                let key = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+                let (va, vb) = (ma.get(k).unwrap_or(&Value::Null), mb.get(k).unwrap_or(&Value::Null));
+                if va != vb && !out.iter().any(|(o, _, _)| *o == key) {
+                    diff_values(&key, va, vb, out);
+                }
+            }
+        }
+        _ if a != b => {
+            let show = |v: &Value| serde_yaml::to_string(v).unwrap_or_default().trim().replace('\n', " ");
+            out.push((prefix.to_string(), show(a), show(b)));
+        }
+        _ => {}
+    }
 }
 
 /// Loads the training split named by the config.
@@ -153,9 +209,9 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     if let Some(n) = t.threads {
         tch::set_num_threads(n);
     }
-    let device = resolve_device(t.device)?;
+    let device = resolve_device(t.device).map_err(|m| cfg.error("train.device", m))?;
     check_data_matches_model(cfg, &data)?;
-    let spec = cfg.model.spec("(config)")?;
+    let spec = cfg.model.spec(&cfg.source)?;
     let run_dir = t.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
 
@@ -171,9 +227,7 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     match (checkpoint::latest(&run_dir)?, opts.resume) {
         (Some(ckpt), true) => {
             let state = checkpoint::read_state(&ckpt)?;
-            if state.seed != cfg.seed {
-                return Err(Error::config("(config)", "seed", format!("is {} but the checkpoint was trained with {}", cfg.seed, state.seed)));
-            }
+            check_resume(cfg, &state, &ckpt)?;
             checkpoint::load_vars(&vs, &ckpt.join("model.safetensors"))?;
             for ema in &emas {
                 checkpoint::load_vars(&ema.vs, &ckpt.join(Ema::file_name(ema.decay)))?;
@@ -226,7 +280,10 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
         let draws = draw_step(cfg, &objective, step, x, y);
 
         // ---- loss, one host sync for the three monitored numbers
-        let out = objective.compute(net.as_ref(), &draws, true)?;
+        let out = {
+            let _autocast = crate::precision::Autocast::for_precision(device, t.precision)?;
+            objective.compute(net.as_ref(), &draws, true)?
+        };
         let stats = Tensor::stack(&[out.loss.detach().to_kind(Kind::Double), out.mse.to_kind(Kind::Double), out.v_loss.to_kind(Kind::Double)], 0);
         let s: Vec<f64> = Vec::<f64>::try_from(stats.to_device(Device::Cpu))?;
         if s.iter().any(|v| !v.is_finite()) {
@@ -307,7 +364,8 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     }
     Ok(RunSummary {
         run_dir,
-        steps: t.steps,
+        steps: t.steps - start,
+        start_step: start,
         wall_s,
         steps_per_s: (t.steps - start) as f64 / wall_s.max(1e-9),
         loss: last[0],
@@ -318,13 +376,23 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     })
 }
 
+/// Most images one grid may hold.
+pub const MAX_GRID: i64 = 4096;
+
 /// A sample grid: one row per class for a conditional model, else `per_class` x `per_class`.
 pub fn write_grid(net: &dyn MeanFlowNet, spec: &ModelSpec, cfg: &Config, nfe: usize, device: Device, path: &Path) -> Result<()> {
     let per = cfg.sample.per_class;
-    let (labels, n) = match spec.num_classes() {
-        0 => (None, per * per),
-        c => (Some(crate::sample::class_grid_labels(c, per, device)), c * per),
+    let n = match spec.num_classes() {
+        0 => per.saturating_mul(per),
+        c => c.saturating_mul(per),
     };
+    if n > MAX_GRID {
+        return Err(cfg.error("sample.per_class", format!("{per} makes a grid of {n} images; at most {MAX_GRID}")));
+    }
+    if path.extension().and_then(|e| e.to_str()) != Some("png") {
+        return Err(Error::file(path, "sample grids are written as PNG: use a .png file name"));
+    }
+    let labels = (spec.num_classes() > 0).then(|| crate::sample::class_grid_labels(spec.num_classes(), per, device));
     tch::manual_seed(mix_seed(cfg.sample.seed, STREAM_SAMPLE, 0));
     let shape = [n, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size];
     let noise = Tensor::randn(shape, (Kind::Float, device));

@@ -6,7 +6,8 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_meanflow");
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    // RUST_BACKTRACE set, as on many machines: errors must still be one clean line.
+    let out = Command::new(BIN).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -48,6 +49,8 @@ fn train_sample_and_resume_from_the_command_line() {
         ),
     )
     .unwrap();
+    let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "model.num_classes=3"]);
+    assert!(!ok && out.contains("c.yaml") && out.contains("model.num_classes") && out.contains("10 classes"), "{out}");
     let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("trained 3 steps") && out.contains("samples_nfe1.png"), "{out}");
@@ -59,7 +62,25 @@ fn train_sample_and_resume_from_the_command_line() {
     let (ok, out) = run(&["sample", "--checkpoint", run_dir.to_str().unwrap(), "--ema", "0.5", "--out", png.to_str().unwrap()]);
     assert!(!ok && out.contains("0.5"), "{out}");
     let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=5", "--resume"]);
-    assert!(ok && out.contains("trained 5 steps"), "{out}");
+    assert!(ok && out.contains("trained 2 steps (steps 3..5)"), "{out}");
+    // Nothing left to do is an error, not a silent success.
+    let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=5", "--resume"]);
+    assert!(!ok && out.contains("nothing to resume"), "{out}");
+    // A grid too large, a non-PNG name, CUDA where there is none: clean errors, no panic.
+    let (ok, out) = run(&["sample", "--checkpoint", run_dir.to_str().unwrap(), "--per-class", "100000", "--out", png.to_str().unwrap()]);
+    assert!(!ok && out.contains("sample.per_class") && !out.contains("panicked"), "{out}");
+    let jpg = tmp.path().join("s.jpg");
+    let (ok, out) = run(&["sample", "--checkpoint", run_dir.to_str().unwrap(), "--out", jpg.to_str().unwrap()]);
+    assert!(!ok && out.contains(".png") && !jpg.exists(), "{out}");
+    if !tch::Cuda::is_available() {
+        let (ok, out) = run(&["sample", "--checkpoint", run_dir.to_str().unwrap(), "--device", "cuda", "--out", png.to_str().unwrap()]);
+        assert!(!ok && out.contains("CUDA is not available") && !out.contains("panicked"), "{out}");
+    }
+    // Resuming with a different model or EMA set is refused, naming the key.
+    let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=9", "--set", "train.ema_decays=[0.5]", "--resume"]);
+    assert!(!ok && out.contains("train.ema_decays"), "{out}");
+    let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.steps=9", "--set", "model.channels=[12]", "--resume"]);
+    assert!(!ok && out.contains("model.channels"), "{out}");
 }
 
 #[test]
@@ -70,7 +91,10 @@ fn bad_input_names_the_problem() {
     let cfg = tmp.path().join("c.yaml");
     std::fs::write(&cfg, "data: {dataset: mnist, root: /nowhere}\nmodel: {name: unet, in_channels: 1, input_size: 8, channels: [8]}\ntrain: {steps: 1, batch_size: 2, lr: 0.1, run_dir: /tmp/x}\n").unwrap();
     let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.lr=-3"]);
-    assert!(!ok && out.contains("train.lr"), "{out}");
+    assert!(!ok && out.contains("--set train.lr=-3") && out.contains("train.lr"), "{out}");
+    let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap(), "--set", "train.lrr=0.1"]);
+    assert!(!ok && out.contains("--set train.lrr=0.1") && out.contains("lrr"), "{out}");
+    assert!(!out.contains("Stack backtrace"), "{out}");
     let (ok, out) = run(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(!ok && out.contains("/nowhere/train-images-idx3-ubyte"), "{out}");
     let (ok, out) = run(&["sample", "--checkpoint", "/nowhere", "--out", "/tmp/x.png"]);

@@ -22,6 +22,25 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 const TOL: f64 = 2e-5;
 
+/// `MEANFLOW_DEVICE=cuda` runs both sides on the GPU (scripts/gpu-check.sh); the default
+/// and the fallback when CUDA is not visible is the CPU.
+fn device() -> Device {
+    match std::env::var("MEANFLOW_DEVICE").as_deref() {
+        Ok("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+        Ok("cuda") => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("MEANFLOW_DEVICE=cuda but CUDA is not visible: cross-checking on the CPU"));
+            Device::Cpu
+        }
+        _ => Device::Cpu,
+    }
+}
+
+/// The repository root (overridable, for a test binary carried to another machine).
+fn root() -> PathBuf {
+    std::env::var_os("MEANFLOW_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 #[derive(Clone)]
 struct Case {
     name: String,
@@ -109,16 +128,7 @@ fn spec(c: &Case) -> (ModelSpec, serde_json::Value) {
             "depth": 2, "hidden": 32, "heads": 4, "patch": 2, "mlp_ratio": 4.0, "time_input": ti, "time_scale": 1.0});
         (ModelSpec::Dit(s), j)
     } else if c.arch == "unet" {
-        let s = UnetSpec {
-            channels: vec![8, 16],
-            blocks_per_level: 1,
-            groups: 4,
-            in_channels: 2,
-            input_size: 8,
-            num_classes: CLASSES,
-            time_input: c.time_input,
-            time_scale: 1.0,
-        };
+        let s = UnetSpec { time_input: c.time_input, ..common::unet_spec(&[8, 16], 2, 8, CLASSES) };
         let j = serde_json::json!({"kind": "unet", "in_channels": 2, "channels": [8, 16], "blocks_per_level": 1,
             "groups": 4, "num_classes": CLASSES, "time_input": ti, "time_scale": 1.0});
         (ModelSpec::Unet(s), j)
@@ -141,41 +151,43 @@ fn run_rust(c: &Case, dir: &Path, seed: i64) -> Ours {
     std::fs::create_dir_all(dir).unwrap();
     tch::manual_seed(seed);
     let (spec, spec_json) = spec(c);
-    let vs = VarStore::new(Device::Cpu);
+    let dev = device();
+    let vs = VarStore::new(dev);
     let net = models::build(&vs.root(), &spec).unwrap();
     // Random weights everywhere (adaLN-Zero would make most derivatives vanish).
     common::randomize(&vs, 0.2);
     let b = 8;
     let shape: Vec<i64> = if c.arch == "mlp" { vec![b, 2] } else { vec![b, 2, 8, 8] };
     let s = TimeSampler::default();
-    let pair = sample_pair(PairSampler::V0, c.ratio, &s, &s, b, Device::Cpu);
+    let pair = sample_pair(PairSampler::V0, c.ratio, &s, &s, b, dev);
     let d = Draws {
-        x: Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)),
-        e: Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)),
+        x: Tensor::randn(shape.as_slice(), (Kind::Float, dev)),
+        e: Tensor::randn(shape.as_slice(), (Kind::Float, dev)),
         t: pair.t,
         r: pair.r,
-        labels: Some(Tensor::randint(CLASSES, [b], (Kind::Int64, Device::Cpu))),
+        labels: Some(Tensor::randint(CLASSES, [b], (Kind::Int64, dev))),
         // About a third of the labels dropped, so guided and dropped rows both occur.
-        dropped: c.guidance.map(|_| Tensor::rand([b], (Kind::Float, Device::Cpu)).lt(0.35)),
+        dropped: c.guidance.map(|_| Tensor::rand([b], (Kind::Float, dev)).lt(0.35)),
     };
     // An interval that leaves rows outside it.
     let (t_min, t_max) = (0.2, 0.8);
     let guidance = c.guidance.map(|(omega, kappa)| Guidance { omega, kappa, t_min, t_max, class_dropout: 0.35, null_class: CLASSES });
 
     // Fixture: weights before the step and every draw.
-    let mut fixture: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("param.{n}"), t.copy())).collect();
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu).copy();
+    let mut fixture: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("param.{n}"), cpu(&t))).collect();
     for (n, t) in [("x", &d.x), ("e", &d.e), ("t", &d.t), ("r", &d.r)] {
-        fixture.push((format!("draw.{n}"), t.copy()));
+        fixture.push((format!("draw.{n}"), cpu(t)));
     }
-    fixture.push(("draw.labels".into(), d.labels.as_ref().unwrap().copy()));
+    fixture.push(("draw.labels".into(), cpu(d.labels.as_ref().unwrap())));
     if let Some(m) = &d.dropped {
-        fixture.push(("draw.dropped".into(), m.to_kind(Kind::Uint8)));
+        fixture.push(("draw.dropped".into(), cpu(&m.to_kind(Kind::Uint8))));
     }
     Tensor::write_safetensors(&fixture, dir.join("fixture.safetensors")).unwrap();
     let (lr, betas, ema_decay) = (1e-3, [0.9, 0.95], 0.99);
     let mut case_json = serde_json::json!({
         "model": spec_json, "tangent": tangent_name(c.reported_tangent), "norm_p": c.norm_p, "norm_eps": 1e-3,
-        "num_classes": CLASSES,
+        "num_classes": CLASSES, "device": if dev.is_cuda() { "cuda" } else { "cpu" },
     });
     if let Some((omega, kappa)) = c.guidance {
         case_json["guidance"] = serde_json::json!({"omega": omega, "kappa": kappa, "t_min": t_min, "t_max": t_max});
@@ -202,9 +214,9 @@ fn run_rust(c: &Case, dir: &Path, seed: i64) -> Ours {
     for (n, p) in opt.params() {
         values.push((format!("grad.{n}"), p.grad().copy()));
     }
-    let mf_rows = meanflow::path::expand_time(&d.t.ne_tensor(&d.r).to_kind(Kind::Float), &d.x);
+    let mf_rows = meanflow::path::expand_time(&d.t.ne_tensor(&d.r).to_kind(Kind::Float), &d.x).to_device(Device::Cpu);
     if c.adam {
-        let grads: Vec<(String, Tensor)> = opt.params().iter().map(|(n, p)| (format!("rustgrad.{n}"), p.grad().copy())).collect();
+        let grads: Vec<(String, Tensor)> = opt.params().iter().map(|(n, p)| (format!("rustgrad.{n}"), cpu(&p.grad()))).collect();
         let mut all = Tensor::read_safetensors(dir.join("fixture.safetensors")).unwrap();
         all.extend(grads);
         Tensor::write_safetensors(&all, dir.join("fixture.safetensors")).unwrap();
@@ -217,17 +229,18 @@ fn run_rust(c: &Case, dir: &Path, seed: i64) -> Ours {
             values.push((format!("ema.{n}"), t.copy()));
         }
     }
+    let values = values.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect();
     Ours { values, mf_rows }
 }
 
 fn python() -> PathBuf {
     std::env::var_os("MEANFLOW_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
 }
 
 fn run_python(dirs: &[PathBuf]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/meanflow_ref.py");
+    let script = root().join("tests/reference/meanflow_ref.py");
     let out = std::process::Command::new(python()).arg(script).args(dirs).output().expect("run the PyTorch reference");
     assert!(out.status.success(), "reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -272,7 +285,7 @@ fn check(cases: &[Case], tag: &str) -> Vec<(String, String, f64, f64)> {
 }
 
 fn print_table(rows: &[(String, String, f64, f64)]) {
-    println!("\n{:<32} {:<11} {:>12} {:>12}  result (tolerance: max rel <= {TOL:e})", "case", "quantity", "max abs err", "max rel err");
+    println!("\n{:<32} {:<11} {:>12} {:>12}  result on {:?} (tolerance: max rel <= {TOL:e})", "case", "quantity", "max abs err", "max rel err", device());
     for (case, group, abs, rel) in rows {
         println!("{case:<32} {group:<11} {abs:>12.3e} {rel:>12.3e}  {}", if *rel <= TOL { "pass" } else { "FAIL" });
     }
@@ -345,7 +358,7 @@ fn crosscheck_exported_weights_load_into_pytorch() {
     let spec_path = tmp.path().join("spec.json");
     std::fs::write(&spec_path, spec_json.to_string()).unwrap();
     let out_path = tmp.path().join("u.safetensors");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/meanflow_ref.py");
+    let script = root().join("tests/reference/meanflow_ref.py");
     let st = std::process::Command::new(python())
         .arg(script)
         .args(["--forward".as_ref(), spec_path.as_os_str(), exported.as_os_str(), inputs.as_os_str(), out_path.as_os_str()])

@@ -3,7 +3,7 @@ mod common;
 
 use common::*;
 use meanflow::jvp::{jvp, DualLevel};
-use meanflow::models::{dit::DitBlock, MeanFlowNet, MlpNet, MlpSpec, TimeInput, Unet, UnetSpec};
+use meanflow::models::{dit::DitBlock, MeanFlowNet, MlpNet, MlpSpec, TimeInput, Unet};
 use tch::{nn, nn::Module, nn::VarStore, Device, Kind, Tensor};
 
 const KINDS: [Kind; 2] = [Kind::Double, Kind::Float];
@@ -80,16 +80,7 @@ fn unet_matches_finite_difference() {
     for kind in KINDS {
         tch::manual_seed(4);
         let mut vs = store(kind);
-        let spec = UnetSpec {
-            channels: vec![8, 16],
-            blocks_per_level: 1,
-            groups: 4,
-            in_channels: 1,
-            input_size: 8,
-            num_classes: 3,
-            time_input: TimeInput::TH,
-            time_scale: 1.0,
-        };
+        let spec = common::unet_spec(&[8, 16], 1, 8, 3);
         let net = Unet::new(&vs.root(), &spec).unwrap();
         vs.set_kind(kind);
         randomize(&vs, 0.2);
@@ -138,16 +129,7 @@ fn tangent_is_never_silently_zero_and_inputs_are_untouched() {
     for kind in KINDS {
         tch::manual_seed(5);
         let mut vs = store(kind);
-        let spec = UnetSpec {
-            channels: vec![8],
-            blocks_per_level: 1,
-            groups: 4,
-            in_channels: 1,
-            input_size: 4,
-            num_classes: 0,
-            time_input: TimeInput::TH,
-            time_scale: 1.0,
-        };
+        let spec = common::unet_spec(&[8], 1, 4, 0);
         let net = Unet::new(&vs.root(), &spec).unwrap();
         vs.set_kind(kind);
         randomize(&vs, 0.3);

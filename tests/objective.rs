@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use meanflow::guidance::Guidance;
 use meanflow::loss::{flow_matching, Draws, JvpRows, MeanFlowLoss, Tangent};
-use meanflow::models::{MeanFlowNet, TimeInput, Unet, UnetSpec};
+use meanflow::models::{MeanFlowNet, Unet};
 use meanflow::path::{interpolate, velocity};
 use meanflow::time::{sample_pair, PairSampler, TimeSampler};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -12,16 +12,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 fn small_unet(kind: Kind, num_classes: i64) -> (VarStore, Unet) {
     tch::manual_seed(21);
     let mut vs = VarStore::new(Device::Cpu);
-    let spec = UnetSpec {
-        channels: vec![8, 16],
-        blocks_per_level: 1,
-        groups: 4,
-        in_channels: 1,
-        input_size: 8,
-        num_classes,
-        time_input: TimeInput::TH,
-            time_scale: 1.0,
-    };
+    let spec = unet_spec(&[8, 16], 1, 8, num_classes);
     let net = Unet::new(&vs.root(), &spec).unwrap();
     vs.set_kind(kind);
     randomize(&vs, 0.15);

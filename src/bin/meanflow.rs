@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use meanflow::checkpoint::Weights;
+use meanflow::config::DeviceChoice;
 use meanflow::{checkpoint, config, models, sample, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -18,6 +19,7 @@ struct Cli {
 enum Cmd {
     /// Train a model from a YAML config.
     Train {
+        /// The YAML run config (see configs/ and the README's key table).
         #[arg(long)]
         config: PathBuf,
         /// Override a config key, e.g. --set train.steps=500 (repeatable).
@@ -35,6 +37,7 @@ enum Cmd {
         /// Number of function evaluations (uniform time grid from 1 to 0).
         #[arg(long, default_value_t = 1)]
         steps: usize,
+        /// The PNG file to write.
         #[arg(long)]
         out: PathBuf,
         /// Sample the raw weights instead of an EMA.
@@ -43,9 +46,11 @@ enum Cmd {
         /// Which EMA to sample (default: the first of train.ema_decays).
         #[arg(long)]
         ema: Option<f64>,
-        /// Samples per class (columns), or per side of an unconditional grid.
+        /// Samples per class (columns), or per side of an unconditional grid [default: the
+        /// checkpoint's sample.per_class].
         #[arg(long)]
         per_class: Option<i64>,
+        /// Seed of the noise [default: the checkpoint's sample.seed].
         #[arg(long)]
         seed: Option<u64>,
         /// cpu, cuda, or auto.
@@ -81,14 +86,23 @@ enum Cmd {
     Info,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // Print the error chain ourselves: anyhow's Debug form would add a backtrace whenever
+    // RUST_BACKTRACE is set, burying the one line a user needs.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { config, overrides, resume } => {
             let cfg = config::load(&config, &overrides)?;
             let s = train::train(&cfg, &train::TrainOptions { resume, quiet: false })?;
+            let from = if s.start_step > 0 { format!(" (steps {}..{})", s.start_step, s.start_step + s.steps) } else { String::new() };
             println!(
-                "trained {} steps in {:.1} s ({:.2} steps/s): loss {:.4}, mse {:.4}, v-loss {:.4}{}",
+                "trained {} steps{from} in {:.1} s ({:.2} steps/s): loss {:.4}, mse {:.4}, v-loss {:.4}{}",
                 s.steps,
                 s.wall_s,
                 s.steps_per_s,
@@ -114,12 +128,13 @@ fn main() -> Result<()> {
             if let Some(s) = seed {
                 cfg.sample.seed = s;
             }
-            let device = match device.as_str() {
-                "auto" => Device::cuda_if_available(),
-                "cpu" => Device::Cpu,
-                "cuda" => Device::Cuda(0),
+            let choice = match device.as_str() {
+                "auto" => DeviceChoice::Auto,
+                "cpu" => DeviceChoice::Cpu,
+                "cuda" => DeviceChoice::Cuda,
                 other => anyhow::bail!("--device must be auto, cpu or cuda, got {other:?}"),
             };
+            let device = train::resolve_device(choice).map_err(|m| anyhow::anyhow!("--device: {m}"))?;
             let spec = cfg.model.spec("checkpoint config")?;
             let vs = VarStore::new(device);
             let net = models::build(&vs.root(), &spec)?;

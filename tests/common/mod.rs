@@ -67,3 +67,17 @@ pub fn rss_bytes() -> u64 {
     let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
+
+/// A small U-Net spec for tests (group norm with 4 groups, one block per level).
+pub fn unet_spec(channels: &[i64], in_channels: i64, input_size: i64, num_classes: i64) -> meanflow::models::UnetSpec {
+    meanflow::models::UnetSpec {
+        channels: channels.to_vec(),
+        blocks_per_level: 1,
+        groups: 4,
+        in_channels,
+        input_size,
+        num_classes,
+        time_input: meanflow::models::TimeInput::TH,
+        time_scale: 1.0,
+    }
+}

@@ -15,7 +15,41 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+
+try:
+    from safetensors.torch import load_file, save_file
+except ImportError:  # a machine with torch but not safetensors (the GPU check): the format is tiny
+    import struct
+
+    _DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "U8": torch.uint8,
+               "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32, "BOOL": torch.bool}
+
+    def load_file(path):
+        raw = open(path, "rb").read()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = info["data_offsets"]
+            buf = bytearray(raw[8 + n + a:8 + n + b])
+            t = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if b > a else torch.empty(0, dtype=_DTYPES[info["dtype"]])
+            out[name] = t.reshape(info["shape"]).clone()
+        return out
+
+    def save_file(tensors, path):
+        names = {v: k for k, v in _DTYPES.items()}
+        header, blobs, off = {}, [], 0
+        for name, t in tensors.items():
+            data = t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
+            blobs.append(data)
+            off += len(data)
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 # ----------------------------------------------------------------------------- embedders
 

@@ -204,7 +204,8 @@ pub struct TrainConfig {
     /// fp32, or bf16 autocast for all but the JVP (which stays float32).
     #[serde(default)]
     pub precision: crate::precision::Precision,
-    /// CPU threads for libtorch; absent = libtorch's default.
+    /// CPU threads for libtorch; absent = libtorch's default. Set once per process by the
+    /// CLI (libtorch's count is process-wide); library callers set it themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<i32>,
     /// Where the run folder goes.

@@ -14,6 +14,7 @@ pub mod models;
 pub mod optim;
 pub mod path;
 pub mod precision;
+pub mod rng;
 pub mod sample;
 pub mod time;
 pub mod train;

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::guidance::Guidance;
 use crate::loss::{Draws, MeanFlowLoss};
 use crate::models::{self, MeanFlowNet, ModelSpec};
+use crate::rng;
 use crate::time::sample_pair;
 
 #[derive(Debug, Clone, Default)]
@@ -54,18 +55,6 @@ pub fn resolve_device(choice: DeviceChoice) -> std::result::Result<Device, Strin
     }
 }
 
-/// SplitMix64: decorrelates (seed, stream, index) into one 63-bit libtorch seed.
-pub fn mix_seed(seed: u64, stream: u64, index: u64) -> i64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 1) as i64
-}
-
-const STREAM_INIT: u64 = 1;
-const STREAM_EPOCH: u64 = 2;
-const STREAM_STEP: u64 = 3;
-const STREAM_SAMPLE: u64 = 4;
 
 /// The objective of a config.
 pub fn objective(cfg: &Config, spec: &ModelSpec) -> MeanFlowLoss {
@@ -80,7 +69,10 @@ pub fn objective(cfg: &Config, spec: &ModelSpec) -> MeanFlowLoss {
 
 /// Draws everything random of step `step` for the batch `(x, labels)`.
 pub fn draw_step(cfg: &Config, objective: &MeanFlowLoss, step: u64, x: Tensor, labels: Option<Tensor>) -> Draws {
-    tch::manual_seed(mix_seed(cfg.seed, STREAM_STEP, step));
+    rng::with_seed(rng::mix_seed(cfg.seed, rng::STREAM_STEP, step), || draw_step_seeded(cfg, objective, x, labels))
+}
+
+fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: Option<Tensor>) -> Draws {
     let b = x.size()[0];
     let device = x.device();
     let m = &cfg.meanflow;
@@ -107,8 +99,10 @@ impl Batcher {
         let per_epoch = (self.n / self.batch) as u64;
         let (epoch, i) = (step / per_epoch, (step % per_epoch) as i64);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            tch::manual_seed(mix_seed(self.seed, STREAM_EPOCH, epoch));
-            self.epoch = Some((epoch, Tensor::randperm(self.n, (Kind::Int64, Device::Cpu))));
+            let perm = rng::with_seed(rng::mix_seed(self.seed, rng::STREAM_EPOCH, epoch), || {
+                Tensor::randperm(self.n, (Kind::Int64, Device::Cpu))
+            });
+            self.epoch = Some((epoch, perm));
         }
         self.epoch.as_ref().unwrap().1.narrow(0, i * self.batch, self.batch)
     }
@@ -206,9 +200,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
 /// Trains on an in-memory dataset (the CLI loads it from `cfg.data`; tests pass their own).
 pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunSummary> {
     let t = &cfg.train;
-    if let Some(n) = t.threads {
-        tch::set_num_threads(n);
-    }
+    // `train.threads` is applied by the CLI once at start, not here: libtorch's thread
+    // count is process-wide, and changing it while another thread computes changed that
+    // thread's results (seen as resume tests failing when run in parallel).
     let device = resolve_device(t.device).map_err(|m| cfg.error("train.device", m))?;
     check_data_matches_model(cfg, &data)?;
     let spec = cfg.model.spec(&cfg.source)?;
@@ -216,9 +210,8 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
 
     // ---- model, EMA, optimizer: built from the seed, then maybe replaced by a checkpoint.
-    tch::manual_seed(mix_seed(cfg.seed, STREAM_INIT, 0));
     let vs = VarStore::new(device);
-    let net = models::build(&vs.root(), &spec)?;
+    let net = rng::with_seed(rng::mix_seed(cfg.seed, rng::STREAM_INIT, 0), || models::build(&vs.root(), &spec))?;
     let emas = t.ema_decays.iter().map(|d| Ema::new(&spec, &vs, *d)).collect::<Result<Vec<_>>>()?;
     let mut opt = crate::optim::Adam::new(&vs, t.optimizer, t.betas, t.weight_decay);
     let objective = objective(cfg, &spec);
@@ -393,9 +386,8 @@ pub fn write_grid(net: &dyn MeanFlowNet, spec: &ModelSpec, cfg: &Config, nfe: us
         return Err(Error::file(path, "sample grids are written as PNG: use a .png file name"));
     }
     let labels = (spec.num_classes() > 0).then(|| crate::sample::class_grid_labels(spec.num_classes(), per, device));
-    tch::manual_seed(mix_seed(cfg.sample.seed, STREAM_SAMPLE, 0));
     let shape = [n, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size];
-    let noise = Tensor::randn(shape, (Kind::Float, device));
+    let noise = rng::with_seed(rng::mix_seed(cfg.sample.seed, rng::STREAM_SAMPLE, 0), || Tensor::randn(shape, (Kind::Float, device)));
     let x = crate::sample::sample(net, &noise, labels.as_ref(), &crate::sample::time_grid(nfe));
     crate::grid::save_grid(&x, per, path)
 }

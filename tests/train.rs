@@ -18,7 +18,7 @@ model: {{name: unet, in_channels: 1, input_size: 8, num_classes: 10, channels: [
 meanflow: {{ratio: 0.5}}
 guidance: {{omega: 2.0, kappa: 0.5, t_min: 0.1, t_max: 0.9}}
 train: {{steps: 8, batch_size: 6, lr: 0.001, warmup_steps: 3, grad_clip: 1.0, ema_decays: [0.9, 0.99],
-         log_every: 2, checkpoint_every: 4, keep_checkpoints: 5, threads: 1, run_dir: {}}}
+         log_every: 2, checkpoint_every: 4, keep_checkpoints: 5, run_dir: {}}}
 sample: {{nfe: [1, 2], per_class: 2}}
 "#,
         run_dir.display()
@@ -31,9 +31,10 @@ sample: {{nfe: [1, 2], per_class: 2}}
 
 /// 40 random 8x8 images in [-1, 1] with labels 0..9.
 fn data() -> Dataset {
-    tch::manual_seed(100);
+    // Under the library's RNG lock: the tests of this file run in parallel threads.
+    let images = meanflow::rng::with_seed(100, || Tensor::rand([40, 1, 8, 8], (Kind::Float, Device::Cpu)));
     Dataset {
-        images: Tensor::rand([40, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
+        images: images * 2.0 - 1.0,
         labels: Tensor::arange(40, (Kind::Int64, Device::Cpu)).remainder(10),
         num_classes: 10,
     }

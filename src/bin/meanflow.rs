@@ -99,6 +99,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { config, overrides, resume } => {
             let cfg = config::load(&config, &overrides)?;
+            if let Some(n) = cfg.train.threads {
+                tch::set_num_threads(n);
+            }
             let s = train::train(&cfg, &train::TrainOptions { resume, quiet: false })?;
             let from = if s.start_step > 0 { format!(" (steps {}..{})", s.start_step, s.start_step + s.steps) } else { String::new() };
             println!(

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 TORCH_VERSION := 2.11.0
-STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)-safetensors
+STAMP := $(VENV)/.installed-torch-$(TORCH_VERSION)-safetensors-scipy
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 FMNIST_DIR ?= $(DEBIAN_FMNIST)
 DEMO_CONFIG ?= configs/fashion_mnist.yaml
@@ -26,7 +26,7 @@ venv: $(STAMP)
 $(STAMP):
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy safetensors
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy safetensors scipy
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (gzipped IDX files).

@@ -143,7 +143,12 @@ pub fn read_named(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Copies a safetensors file into the variables of `vs`: every variable must be present
 /// with its shape, and no extra key may remain.
 pub fn load_vars(vs: &VarStore, path: &Path) -> Result<()> {
-    let mut named = read_named(path)?;
+    copy_named(vs, read_named(path)?, path)
+}
+
+/// As `load_vars`, from named tensors already in memory (`what` names them in errors).
+pub fn copy_named(vs: &VarStore, mut named: HashMap<String, Tensor>, what: &Path) -> Result<()> {
+    let path = what;
     tch::no_grad(|| -> Result<()> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod eval;
 pub mod grid;
 pub mod guidance;
 pub mod jvp;

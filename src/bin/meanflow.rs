@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use meanflow::checkpoint::Weights;
 use meanflow::config::DeviceChoice;
+use meanflow::data::{self, DatasetKind, Split};
+use meanflow::eval::{self, classifier::Classifier, frechet::Stats};
 use meanflow::{checkpoint, config, models, sample, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -82,6 +84,44 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train the small classifier behind FD-FMNIST and the class accuracy of `eval`.
+    TrainClassifier {
+        /// fashion_mnist or mnist.
+        #[arg(long, default_value = "fashion_mnist")]
+        dataset: String,
+        /// Folder with the IDX files.
+        #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+        root: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Weights and training-set feature statistics (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sample a checkpoint and score it: FD-FMNIST and class accuracy, plus a JSON report.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A file written by `train-classifier`.
+        #[arg(long)]
+        classifier: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        nfe: usize,
+        #[arg(long, default_value_t = 10000)]
+        num_samples: i64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluate the raw weights instead of an EMA.
+        #[arg(long, conflicts_with = "ema")]
+        raw: bool,
+        #[arg(long)]
+        ema: Option<f64>,
+        /// The JSON report [default: eval_nfe<K>.json in the checkpoint folder].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the libtorch build, devices and thread count.
     Info,
 }
@@ -155,6 +195,50 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = config::load(&cfg_path, &overrides)?;
             let dir = checkpoint::import(&state_dict, &cfg, &out)?;
             println!("wrote checkpoint {} (step 0, weights from {})", dir.display(), state_dict.display());
+        }
+        Cmd::TrainClassifier { dataset, root, epochs, seed, out } => {
+            let kind: DatasetKind = serde_yaml::from_str(&dataset).map_err(|_| anyhow::anyhow!("--dataset must be fashion_mnist or mnist, got {dataset:?}"))?;
+            anyhow::ensure!(epochs >= 1, "--epochs must be >= 1");
+            let device = Device::cuda_if_available();
+            let train_set = data::load_mnist_like(kind, &root, Split::Train)?;
+            let test_set = data::load_mnist_like(kind, &root, Split::Test)?;
+            let mut clf = Classifier::new(device, train_set.num_classes, seed);
+            clf.fit(&train_set, epochs, seed, |e, loss| println!("epoch {}: train loss {loss:.4}", e + 1))?;
+            let acc = clf.accuracy(&test_set.images, &test_set.labels);
+            let (feats, _) = clf.features_and_predictions(&train_set.images);
+            clf.save(&out, &Stats::from_features(&feats)?)?;
+            println!("test accuracy {:.2}% on {} images; wrote {}", 100.0 * acc, test_set.len(), out.display());
+        }
+        Cmd::Eval { checkpoint: ckpt, classifier, nfe, num_samples, seed, raw, ema, out } => {
+            anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
+            anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
+            let dir = checkpoint::resolve(&ckpt)?;
+            let state = checkpoint::read_state(&dir)?;
+            let cfg = &state.config;
+            let device = Device::cuda_if_available();
+            let spec = cfg.model.spec(&cfg.source)?;
+            let vs = VarStore::new(device);
+            let net = models::build(&vs.root(), &spec)?;
+            let file = checkpoint::weights_file(&dir, &state, if raw { Weights::Raw } else { Weights::Ema(ema) })?;
+            checkpoint::load_vars(&vs, &file)?;
+            let (clf, reference) = Classifier::load(&classifier, device, 10)?;
+            anyhow::ensure!(
+                cfg.model.in_channels == 1 && cfg.model.input_size == 28,
+                "the classifier scores 28x28 grey images; this model makes {}x{}x{}",
+                cfg.model.in_channels,
+                cfg.model.input_size,
+                cfg.model.input_size
+            );
+            let shape = [1, 28, 28];
+            let report = eval::evaluate(net.as_ref(), spec.num_classes(), shape, nfe, num_samples, seed, &clf, &reference, device, false)?;
+            let acc = report.class_accuracy.map(|a| format!(", class accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+            println!("{}-NFE, {} samples: FD-FMNIST {:.3}{acc} ({:.1} s)", nfe, num_samples, report.fd, report.seconds);
+            let out = out.unwrap_or_else(|| dir.join(format!("eval_nfe{nfe}.json")));
+            let json = serde_json::json!({
+                "checkpoint": dir, "weights": file, "classifier": classifier, "step": state.step, "report": report,
+            });
+            std::fs::write(&out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
+            println!("report: {}", out.display());
         }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() {
     const SHIM: [&str; 3] = ["csrc/dual_level.cpp", "csrc/autocast.cpp", "csrc/device_memory.cpp"];
-    for f in SHIM {
+    for f in SHIM.iter().chain(&["csrc/guarded.h"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

@@ -4,26 +4,9 @@
 // and CPU, and needs to switch autocast *off* around the JVP, which stays in float32.
 #include <ATen/autocast_mode.h>
 
-#include <cstdint>
-#include <exception>
-#include <string>
-
-extern thread_local std::string mf_error;
+#include "guarded.h"
 
 namespace {
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    mf_error = e.what();
-  } catch (...) {
-    mf_error = "unknown C++ exception";
-  }
-  return 1;
-}
-
 at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
 }  // namespace
 
@@ -31,7 +14,7 @@ extern "C" {
 
 // Reads the current state so it can be restored: enabled flag and dtype (0 bf16, 1 f16, 2 other).
 int mf_autocast_get(int cuda, int* enabled, int* dtype) {
-  return guarded([&] {
+  return mf_guarded([&] {
     auto d = device_type(cuda);
     *enabled = at::autocast::is_autocast_enabled(d) ? 1 : 0;
     auto t = at::autocast::get_autocast_dtype(d);
@@ -41,7 +24,7 @@ int mf_autocast_get(int cuda, int* enabled, int* dtype) {
 
 // Sets enabled/dtype and enters one nesting level (autocast caches casts per level).
 int mf_autocast_enter(int cuda, int enabled, int dtype) {
-  return guarded([&] {
+  return mf_guarded([&] {
     auto d = device_type(cuda);
     at::autocast::set_autocast_dtype(d, dtype == 1 ? at::kHalf : at::kBFloat16);
     at::autocast::set_autocast_enabled(d, enabled != 0);
@@ -51,7 +34,7 @@ int mf_autocast_enter(int cuda, int enabled, int dtype) {
 
 // Leaves a nesting level and restores the previous state.
 int mf_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
-  return guarded([&] {
+  return mf_guarded([&] {
     auto d = device_type(cuda);
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
     at::autocast::set_autocast_enabled(d, prev_enabled != 0);

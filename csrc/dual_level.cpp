@@ -7,36 +7,19 @@
 #include <torch/csrc/autograd/forward_grad.h>
 
 #include <cstdint>
-#include <exception>
-#include <string>
 
-// The message of the last failed call on this thread, shared by every file of the shim.
+#include "guarded.h"
+
 thread_local std::string mf_error;
-
-namespace {
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    mf_error = e.what();
-  } catch (...) {
-    mf_error = "unknown C++ exception";
-  }
-  return 1;
-}
-}  // namespace
 
 extern "C" {
 
 int mf_dual_level_enter(uint64_t* idx) {
-  return guarded([&] { *idx = torch::autograd::ForwardADLevel::get_next_idx(); });
+  return mf_guarded([&] { *idx = torch::autograd::ForwardADLevel::get_next_idx(); });
 }
 
 int mf_dual_level_exit(uint64_t idx) {
-  return guarded([&] { torch::autograd::ForwardADLevel::release_idx(idx); });
+  return mf_guarded([&] { torch::autograd::ForwardADLevel::release_idx(idx); });
 }
 
 const char* mf_last_error() { return mf_error.c_str(); }

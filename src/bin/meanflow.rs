@@ -42,12 +42,8 @@ enum Cmd {
         /// The PNG file to write.
         #[arg(long)]
         out: PathBuf,
-        /// Sample the raw weights instead of an EMA.
-        #[arg(long, conflicts_with = "ema")]
-        raw: bool,
-        /// Which EMA to sample (default: the first of train.ema_decays).
-        #[arg(long)]
-        ema: Option<f64>,
+        #[command(flatten)]
+        weights: WeightsArg,
         /// Samples per class (columns), or per side of an unconditional grid [default: the
         /// checkpoint's sample.per_class].
         #[arg(long)]
@@ -65,12 +61,8 @@ enum Cmd {
         checkpoint: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Export the raw weights instead of an EMA.
-        #[arg(long, conflicts_with = "ema")]
-        raw: bool,
-        /// Which EMA (default: the first of train.ema_decays).
-        #[arg(long)]
-        ema: Option<f64>,
+        #[command(flatten)]
+        weights: WeightsArg,
     },
     /// Turn a state dict (safetensors) into a step-0 checkpoint of the model in --config.
     Import {
@@ -113,17 +105,35 @@ enum Cmd {
         num_samples: i64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Evaluate the raw weights instead of an EMA.
-        #[arg(long, conflicts_with = "ema")]
-        raw: bool,
-        #[arg(long)]
-        ema: Option<f64>,
+        #[command(flatten)]
+        weights: WeightsArg,
         /// The JSON report [default: eval_nfe<K>.json in the checkpoint folder].
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Print the libtorch build, devices and thread count.
     Info,
+}
+
+/// Which weights of a checkpoint: an EMA (the default) or the raw ones.
+#[derive(clap::Args)]
+struct WeightsArg {
+    /// Use the raw weights instead of an EMA.
+    #[arg(long, conflicts_with = "ema")]
+    raw: bool,
+    /// Which EMA [default: the first of train.ema_decays].
+    #[arg(long)]
+    ema: Option<f64>,
+}
+
+impl WeightsArg {
+    fn which(&self) -> Weights {
+        if self.raw {
+            Weights::Raw
+        } else {
+            Weights::Ema(self.ema)
+        }
+    }
 }
 
 fn main() {
@@ -159,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("run folder: {}", s.run_dir.display());
         }
-        Cmd::Sample { checkpoint: ckpt, steps, out, raw, ema, per_class, seed, device } => {
+        Cmd::Sample { checkpoint: ckpt, steps, out, weights, per_class, seed, device } => {
             anyhow::ensure!(steps >= 1, "--steps must be >= 1");
             let dir = checkpoint::resolve(&ckpt)?;
             let state = checkpoint::read_state(&dir)?;
@@ -181,14 +191,14 @@ fn run(cli: Cli) -> Result<()> {
             let spec = cfg.model.spec("checkpoint config")?;
             let vs = VarStore::new(device);
             let net = models::build(&vs.root(), &spec)?;
-            let file = checkpoint::weights_file(&dir, &state, if raw { Weights::Raw } else { Weights::Ema(ema) })?;
+            let file = checkpoint::weights_file(&dir, &state, weights.which())?;
             checkpoint::load_vars(&vs, &file)?;
             train::write_grid(net.as_ref(), &spec, &cfg, steps, device, &out)
                 .with_context(|| format!("sampling {}", dir.display()))?;
             println!("wrote {} ({}-NFE, weights {})", out.display(), steps, file.display());
         }
-        Cmd::Export { checkpoint: ckpt, out, raw, ema } => {
-            let src = checkpoint::export(&ckpt, if raw { Weights::Raw } else { Weights::Ema(ema) }, &out)?;
+        Cmd::Export { checkpoint: ckpt, out, weights } => {
+            let src = checkpoint::export(&ckpt, weights.which(), &out)?;
             println!("wrote {} (from {})", out.display(), src.display());
         }
         Cmd::Import { state_dict, config: cfg_path, overrides, out } => {
@@ -209,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
             clf.save(&out, &Stats::from_features(&feats)?)?;
             println!("test accuracy {:.2}% on {} images; wrote {}", 100.0 * acc, test_set.len(), out.display());
         }
-        Cmd::Eval { checkpoint: ckpt, classifier, nfe, num_samples, seed, raw, ema, out } => {
+        Cmd::Eval { checkpoint: ckpt, classifier, nfe, num_samples, seed, weights, out } => {
             anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
             anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
             let dir = checkpoint::resolve(&ckpt)?;
@@ -219,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             let spec = cfg.model.spec(&cfg.source)?;
             let vs = VarStore::new(device);
             let net = models::build(&vs.root(), &spec)?;
-            let file = checkpoint::weights_file(&dir, &state, if raw { Weights::Raw } else { Weights::Ema(ema) })?;
+            let file = checkpoint::weights_file(&dir, &state, weights.which())?;
             checkpoint::load_vars(&vs, &file)?;
             let (clf, reference) = Classifier::load(&classifier, device, 10)?;
             anyhow::ensure!(

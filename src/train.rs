@@ -309,7 +309,7 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
         for ema in &emas {
             ema.update();
         }
-        window.add(&last, grad_norm.double_value(&[]));
+        window.add(&last, &grad_norm);
 
         // ---- log, checkpoint
         let done = step + 1;
@@ -417,24 +417,31 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
-/// Running means of (loss, mse, v-loss, grad norm) between two log lines.
+/// Running means of (loss, mse, v-loss, grad norm) between two log lines. The gradient
+/// norm stays on the device until a log line needs it: no extra host sync per step.
 #[derive(Default)]
 struct Window {
-    sum: [f64; 4],
+    sum: [f64; 3],
+    grad_norm: Option<Tensor>,
     n: u64,
 }
 
 impl Window {
-    fn add(&mut self, s: &[f64; 3], grad_norm: f64) {
+    fn add(&mut self, s: &[f64; 3], grad_norm: &Tensor) {
         for i in 0..3 {
             self.sum[i] += s[i];
         }
-        self.sum[3] += grad_norm;
+        let g = grad_norm.detach().to_kind(Kind::Double);
+        self.grad_norm = Some(match self.grad_norm.take() {
+            Some(acc) => acc + g,
+            None => g,
+        });
         self.n += 1;
     }
     fn take(&mut self) -> [f64; 4] {
         let n = self.n.max(1) as f64;
-        let out = self.sum.map(|v| v / n);
+        let g = self.grad_norm.as_ref().map(|g| g.double_value(&[])).unwrap_or(f64::NAN);
+        let out = [self.sum[0] / n, self.sum[1] / n, self.sum[2] / n, g / n];
         *self = Window::default();
         out
     }

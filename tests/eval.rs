@@ -131,7 +131,7 @@ fn classifier_fd_fmnist_and_evaluate() {
     let idx: Vec<i64> = (0..10).map(|c| i64::try_from(t.test.labels.eq(c).nonzero().get(0).get(0)).unwrap()).collect();
     let targets = t.test.images.index_select(0, &Tensor::from_slice(&idx));
     let net = ToImages { targets: targets.shallow_clone() };
-    let report = meanflow::eval::evaluate(&net, 10, [1, 28, 28], 1, 1000, 0, &t.clf, &t.reference, Device::Cpu, true).unwrap();
+    let report = meanflow::eval::evaluate(&net, 10, [1, 28, 28], meanflow::eval::Sampler::Meanflow, 1, 1000, 0, &t.clf, &t.reference, Device::Cpu, true).unwrap();
     let expected = t.clf.accuracy(&targets, &Tensor::arange(10, (Kind::Int64, Device::Cpu)));
     assert!((report.class_accuracy.unwrap() - expected).abs() < 1e-12, "{:?} vs {expected}", report.class_accuracy);
     assert!(report.fd.is_finite() && report.fd > real, "10 distinct images are far from the data: {}", report.fd);

@@ -3,7 +3,7 @@
 mod common;
 
 use meanflow::loss::{Draws, JvpRows, MeanFlowLoss, Tangent};
-use meanflow::models::{MeanFlowNet, TimeInput, Unet};
+use meanflow::models::{MeanFlowNet, Unet};
 use meanflow::precision::{Autocast, Precision};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 

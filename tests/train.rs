@@ -40,6 +40,16 @@ fn data() -> Dataset {
     }
 }
 
+/// The tests of this file run one at a time. libtorch's CPU kernels, called from two
+/// threads at once, can round reductions differently (conv_in.bias's gradient differed in
+/// the last bits about one run in six, and Adam's first steps turn that into lr-sized
+/// differences), which would break the bit-exact resume check. One training per process,
+/// as the CLI runs it, is unaffected.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn quiet() -> TrainOptions {
     TrainOptions { resume: false, quiet: true }
 }
@@ -56,6 +66,7 @@ fn files(ckpt: &Path) -> Vec<(String, Tensor)> {
 
 #[test]
 fn n_steps_resume_n_steps_equals_2n_steps() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let straight = tmp.path().join("straight");
     let split = tmp.path().join("split");
@@ -85,6 +96,7 @@ fn n_steps_resume_n_steps_equals_2n_steps() {
 
 #[test]
 fn checkpoints_are_complete_and_refuse_to_be_overwritten() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let s = train_on(&cfg(&run, &["train.keep_checkpoints=1"]), data(), &quiet()).unwrap();
@@ -112,6 +124,7 @@ fn checkpoints_are_complete_and_refuse_to_be_overwritten() {
 
 #[test]
 fn corrupt_checkpoint_files_name_the_key() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     train_on(&cfg(&run, &["train.steps=2"]), data(), &quiet()).unwrap();
@@ -127,6 +140,7 @@ fn corrupt_checkpoint_files_name_the_key() {
 
 #[test]
 fn non_finite_loss_stops_naming_the_step_or_is_skipped() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = data();
     // Poison one image: the step whose batch holds it produces a NaN loss.
@@ -147,6 +161,7 @@ fn non_finite_loss_stops_naming_the_step_or_is_skipped() {
 
 #[test]
 fn data_that_does_not_fit_the_model_is_refused() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let e = train_on(&cfg(&tmp.path().join("r"), &["model.input_size=16"]), data(), &quiet()).unwrap_err().to_string();
     assert!(e.contains("model.input_size") && e.contains("8x8"), "{e}");
@@ -156,6 +171,7 @@ fn data_that_does_not_fit_the_model_is_refused() {
 
 #[test]
 fn import_refuses_state_dicts_that_do_not_fit() {
+    let _serial = serial();
     use meanflow::checkpoint::{export, import, Weights};
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");

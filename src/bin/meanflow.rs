@@ -101,6 +101,9 @@ enum Cmd {
         classifier: PathBuf,
         #[arg(long, default_value_t = 1)]
         nfe: usize,
+        /// meanflow steps, or euler steps with u(z, t, t) (the flow-matching baseline).
+        #[arg(long, value_enum, default_value = "meanflow")]
+        sampler: eval::Sampler,
         #[arg(long, default_value_t = 10000)]
         num_samples: i64,
         #[arg(long, default_value_t = 0)]
@@ -219,7 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             clf.save(&out, &Stats::from_features(&feats)?)?;
             println!("test accuracy {:.2}% on {} images; wrote {}", 100.0 * acc, test_set.len(), out.display());
         }
-        Cmd::Eval { checkpoint: ckpt, classifier, nfe, num_samples, seed, weights, out } => {
+        Cmd::Eval { checkpoint: ckpt, classifier, nfe, sampler, num_samples, seed, weights, out } => {
             anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
             anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
             let dir = checkpoint::resolve(&ckpt)?;
@@ -240,10 +243,14 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.model.input_size
             );
             let shape = [1, 28, 28];
-            let report = eval::evaluate(net.as_ref(), spec.num_classes(), shape, nfe, num_samples, seed, &clf, &reference, device, false)?;
+            let report = eval::evaluate(net.as_ref(), spec.num_classes(), shape, sampler, nfe, num_samples, seed, &clf, &reference, device, false)?;
             let acc = report.class_accuracy.map(|a| format!(", class accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-            println!("{}-NFE, {} samples: FD-FMNIST {:.3}{acc} ({:.1} s)", nfe, num_samples, report.fd, report.seconds);
-            let out = out.unwrap_or_else(|| dir.join(format!("eval_nfe{nfe}.json")));
+            println!("{sampler:?} {nfe}-NFE, {num_samples} samples: FD-FMNIST {:.3}{acc} ({:.1} s)", report.fd, report.seconds);
+            let tag = match sampler {
+                eval::Sampler::Meanflow => String::new(),
+                eval::Sampler::Euler => "_euler".into(),
+            };
+            let out = out.unwrap_or_else(|| dir.join(format!("eval{tag}_nfe{nfe}.json")));
             let json = serde_json::json!({
                 "checkpoint": dir, "weights": file, "classifier": classifier, "step": state.step, "report": report,
             });

@@ -15,8 +15,19 @@ use crate::models::MeanFlowNet;
 use classifier::Classifier;
 use frechet::{frechet_distance, Stats};
 
+/// How samples are drawn from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// MeanFlow steps z_r = z_t - (t - r) u(z_t, r, t).
+    Meanflow,
+    /// Euler steps with the instantaneous velocity u(z_t, t, t): the flow-matching baseline.
+    Euler,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    pub sampler: Sampler,
     pub nfe: usize,
     pub num_samples: i64,
     /// Frechet distance to the reference statistics in classifier feature space.
@@ -32,6 +43,7 @@ pub fn evaluate(
     net: &dyn MeanFlowNet,
     num_classes: i64,
     shape: [i64; 3],
+    sampler: Sampler,
     nfe: usize,
     num_samples: i64,
     seed: u64,
@@ -51,7 +63,11 @@ pub fn evaluate(
         let noise = crate::rng::with_seed(crate::rng::mix_seed(seed, crate::rng::STREAM_SAMPLE, 1 + i as u64), || {
             Tensor::randn([b, shape[0], shape[1], shape[2]], (Kind::Float, device))
         });
-        samples.push(crate::sample::sample(net, &noise, l.as_ref(), &grid).clamp(-1.0, 1.0));
+        let x = match sampler {
+            Sampler::Meanflow => crate::sample::sample(net, &noise, l.as_ref(), &grid),
+            Sampler::Euler => crate::sample::euler(net, &noise, l.as_ref(), &grid),
+        };
+        samples.push(x.clamp(-1.0, 1.0));
         if let Some(l) = l {
             labels.push(l);
         }
@@ -65,5 +81,5 @@ pub fn evaluate(
         let l = Tensor::cat(&labels, 0).to_device(preds.device());
         preds.eq_tensor(&l).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
     });
-    Ok(EvalReport { nfe, num_samples, fd, class_accuracy, seconds: started.elapsed().as_secs_f64() })
+    Ok(EvalReport { sampler, nfe, num_samples, fd, class_accuracy, seconds: started.elapsed().as_secs_f64() })
 }

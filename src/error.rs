@@ -12,6 +12,9 @@ pub enum Error {
     #[error("forward-mode AD: {0}")]
     Jvp(String),
 
+    #[error("libtorch: {0}")]
+    Native(String),
+
     #[error("shape: {0}")]
     Shape(String),
 

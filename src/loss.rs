@@ -66,8 +66,6 @@ pub struct LossOutput {
     pub v_loss: Tensor,
     /// S per sample `[B]` (detached).
     pub per_sample: Tensor,
-    /// The adaptive weight's denominator (S + eps)^p per sample `[B]` (detached).
-    pub weight: Tensor,
     pub u: Tensor,
     /// du/dt along the tangent (detached); zero on r = t rows under `JvpRows::MeanFlowOnly`,
     /// where it is multiplied by t - r = 0 anyway.
@@ -181,10 +179,10 @@ pub enum JvpRows {
 
 /// Plain flow matching: u(z_t, t, t) regressed on v_t, with the same adaptive weight.
 /// MeanFlow with ratio 0 reduces to exactly this.
-pub fn flow_matching(net: &dyn MeanFlowNet, d: &Draws, labels: Option<&Tensor>, norm_p: f64, norm_eps: f64, train: bool) -> LossOutput {
+pub fn flow_matching(net: &dyn MeanFlowNet, d: &Draws, norm_p: f64, norm_eps: f64, train: bool) -> LossOutput {
     let z = interpolate(&d.x, &d.e, &d.t);
     let v = velocity(&d.x, &d.e);
-    let u = net.forward(&z, &d.t, &d.t, labels, train);
+    let u = net.forward(&z, &d.t, &d.t, d.labels.as_ref(), train);
     let mut out = weighted(&u, &v, norm_p, norm_eps);
     out.v_loss = out.mse.shallow_clone();
     out
@@ -204,7 +202,6 @@ fn weighted(u: &Tensor, u_tgt: &Tensor, norm_p: f64, norm_eps: f64) -> LossOutpu
         mse: s.detach().mean(u.kind()) / numel,
         v_loss: Tensor::new(),
         per_sample: s.detach(),
-        weight,
         u: u.shallow_clone(),
         dudt: Tensor::new(),
         u_tgt: u_tgt.shallow_clone(),

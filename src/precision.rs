@@ -23,7 +23,7 @@ extern "C" {
 }
 
 fn shim_error(what: &str) -> Error {
-    Error::Jvp(format!("{what}: {}", crate::jvp::shim_last_error()))
+    Error::Native(format!("{what}: {}", crate::jvp::shim_last_error()))
 }
 
 /// Autocast switched on or off for one device type until dropped; the previous state

@@ -100,7 +100,7 @@ fn ratio_zero_is_the_flow_matching_loss_bit_for_bit() {
         for rows in [JvpRows::All, JvpRows::MeanFlowOnly] {
             for p in [0.0, 0.5, 1.0] {
                 let mf = objective(Tangent::V01, p, rows).compute(&net, &d, true).unwrap();
-                let fm = flow_matching(&net, &d, d.labels.as_ref(), p, 1e-3, true);
+                let fm = flow_matching(&net, &d, p, 1e-3, true);
                 assert!(mf.loss.equal(&fm.loss), "{kind:?} {rows:?} p={p}: {} != {}", mf.loss, fm.loss);
                 assert!(mf.u_tgt.equal(&velocity(&d.x, &d.e)));
             }

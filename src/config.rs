@@ -31,6 +31,13 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    /// How `meanflow sweep` scores the trained model; training ignores it.
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    /// The paper's FID-50K for this row, shown next to ours by `meanflow sweep`; training
+    /// ignores it.
+    #[serde(default)]
+    pub paper_fid: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +252,36 @@ impl Default for SampleConfig {
     }
 }
 
+/// The metric of a sweep: FD-FMNIST and class accuracy from a `train-classifier` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub classifier: PathBuf,
+    #[serde(default = "eval_num_samples")]
+    pub num_samples: i64,
+    /// Seed of the sampling noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// One score per entry.
+    #[serde(default = "eval_samplers")]
+    pub samplers: Vec<SamplerSpec>,
+}
+
+/// A sampler and its number of steps, e.g. `{sampler: euler, steps: 10}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub sampler: crate::eval::Sampler,
+    pub steps: usize,
+}
+
+fn eval_num_samples() -> i64 {
+    10_000
+}
+fn eval_samplers() -> Vec<SamplerSpec> {
+    vec![SamplerSpec { sampler: crate::eval::Sampler::Meanflow, steps: 1 }]
+}
+
 // ---------------------------------------------------------------- loading
 
 /// Reads `path`, applies `key.path=value` overrides, and validates.
@@ -405,6 +442,16 @@ impl Config {
             c.ensure(*k >= 1, "sample.nfe", || "each entry must be >= 1".into())?;
         }
         c.ensure(self.sample.per_class > 0, "sample.per_class", || "must be > 0".into())?;
+        if let Some(e) = &self.eval {
+            c.ensure(e.num_samples >= 2, "eval.num_samples", || format!("must be >= 2, got {}", e.num_samples))?;
+            c.ensure(!e.samplers.is_empty(), "eval.samplers", || "needs at least one sampler".into())?;
+            for (i, s) in e.samplers.iter().enumerate() {
+                c.ensure(s.steps >= 1, &format!("eval.samplers[{i}].steps"), || "must be >= 1".into())?;
+            }
+        }
+        if let Some(f) = self.paper_fid {
+            c.ensure(f.is_finite() && f >= 0.0, "paper_fid", || format!("must be a finite number >= 0, got {f}"))?;
+        }
         self.model.spec_with(source).map(|_| ())
     }
 

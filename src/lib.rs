@@ -17,6 +17,7 @@ pub mod path;
 pub mod precision;
 pub mod rng;
 pub mod sample;
+pub mod sweep;
 pub mod time;
 pub mod train;
 

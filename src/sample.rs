@@ -42,6 +42,25 @@ pub fn euler(net: &dyn MeanFlowNet, noise: &Tensor, labels: Option<&Tensor>, gri
     })
 }
 
+/// Flow-matching baseline, second order: Heun's method (the trapezoid of u(z, t, t) at both
+/// ends of each interval, EDM's sampler). Every step corrects, including the last one to
+/// t = 0 (the network is trained up to t = 0), so K steps cost 2K function evaluations.
+pub fn heun(net: &dyn MeanFlowNet, noise: &Tensor, labels: Option<&Tensor>, grid: &[f64]) -> Tensor {
+    tch::no_grad(|| {
+        let b = noise.size()[0];
+        let opts = (noise.kind(), noise.device());
+        let mut z = noise.shallow_clone();
+        for w in grid.windows(2) {
+            let (t, s) = (Tensor::full([b], w[0], opts), Tensor::full([b], w[1], opts));
+            let u_t = net.forward(&z, &t, &t, labels, false);
+            let z_euler = &z - &u_t * (w[0] - w[1]);
+            let u_s = net.forward(&z_euler, &s, &s, labels, false);
+            z = z - (u_t + u_s) * (0.5 * (w[0] - w[1]));
+        }
+        z
+    })
+}
+
 /// Labels for a class grid: `per_class` samples of each class, class-major (one row per class).
 pub fn class_grid_labels(num_classes: i64, per_class: i64, device: tch::Device) -> Tensor {
     Tensor::arange(num_classes, (Kind::Int64, device)).repeat_interleave_self_int(per_class, 0, None)

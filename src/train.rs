@@ -151,7 +151,7 @@ fn check_resume(cfg: &Config, state: &TrainState, ckpt: &Path) -> Result<()> {
     let new = serde_yaml::to_value(cfg).expect("config serialises");
     let mut changed = Vec::new();
     diff_values("", &old, &new, &mut changed);
-    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root"];
+    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "eval", "paper_fid"];
     for (key, a, b) in changed {
         if key.starts_with("model.") {
             return Err(cfg.error(&key, format!("is {b} but the checkpoint's model has {a}")));

@@ -7,7 +7,7 @@ use meanflow::checkpoint::Weights;
 use meanflow::config::DeviceChoice;
 use meanflow::data::{self, DatasetKind, Split};
 use meanflow::eval::{self, classifier::Classifier, frechet::Stats};
-use meanflow::{checkpoint, config, models, sample, train};
+use meanflow::{checkpoint, config, models, sample, sweep, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[derive(Parser)]
@@ -99,9 +99,11 @@ enum Cmd {
         /// A file written by `train-classifier`.
         #[arg(long)]
         classifier: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        /// Sampling steps (for meanflow and euler also the NFE).
+        #[arg(long, visible_alias = "steps", default_value_t = 1)]
         nfe: usize,
-        /// meanflow steps, or euler steps with u(z, t, t) (the flow-matching baseline).
+        /// meanflow steps, or euler / heun steps with u(z, t, t) (the flow-matching baselines;
+        /// heun costs two evaluations per step).
         #[arg(long, value_enum, default_value = "meanflow")]
         sampler: eval::Sampler,
         #[arg(long, default_value_t = 10000)]
@@ -110,9 +112,29 @@ enum Cmd {
         seed: u64,
         #[command(flatten)]
         weights: WeightsArg,
-        /// The JSON report [default: eval_nfe<K>.json in the checkpoint folder].
+        /// The JSON report [default: eval_nfe<K>.json or eval_<sampler>_steps<K>.json in the
+        /// checkpoint folder].
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Train a family of runs in order (resumable), score them with each config's `eval`
+    /// section, and write <out>/results.md (one row per run next to the paper's value).
+    Sweep {
+        /// A folder of configs (one run per file), or one config varied with --vary.
+        path: PathBuf,
+        /// KEY=[V1, V2, ...]: a YAML list of values for one key of the config; repeat for
+        /// all combinations. Only with a config file.
+        #[arg(long = "vary", value_name = "KEY=[V1, ...]")]
+        vary: Vec<String>,
+        /// Override a key of every run, e.g. --set train.steps=200 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Folder of the runs and the table [default: runs/sweep-<folder or config name>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// CPU threads [default: the first run's train.threads, else libtorch's].
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// Print the libtorch build, devices and thread count.
     Info,
@@ -225,37 +247,43 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Eval { checkpoint: ckpt, classifier, nfe, sampler, num_samples, seed, weights, out } => {
             anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
             anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
-            let dir = checkpoint::resolve(&ckpt)?;
-            let state = checkpoint::read_state(&dir)?;
-            let cfg = &state.config;
-            let device = Device::cuda_if_available();
-            let spec = cfg.model.spec(&cfg.source)?;
-            let vs = VarStore::new(device);
-            let net = models::build(&vs.root(), &spec)?;
-            let file = checkpoint::weights_file(&dir, &state, weights.which())?;
-            checkpoint::load_vars(&vs, &file)?;
-            let (clf, reference) = Classifier::load(&classifier, device, 10)?;
-            anyhow::ensure!(
-                cfg.model.in_channels == 1 && cfg.model.input_size == 28,
-                "the classifier scores 28x28 grey images; this model makes {}x{}x{}",
-                cfg.model.in_channels,
-                cfg.model.input_size,
-                cfg.model.input_size
-            );
-            let shape = [1, 28, 28];
-            let report = eval::evaluate(net.as_ref(), spec.num_classes(), shape, sampler, nfe, num_samples, seed, &clf, &reference, device, false)?;
-            let acc = report.class_accuracy.map(|a| format!(", class accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-            println!("{sampler:?} {nfe}-NFE, {num_samples} samples: FD-FMNIST {:.3}{acc} ({:.1} s)", report.fd, report.seconds);
-            let tag = match sampler {
-                eval::Sampler::Meanflow => String::new(),
-                eval::Sampler::Euler => "_euler".into(),
-            };
-            let out = out.unwrap_or_else(|| dir.join(format!("eval{tag}_nfe{nfe}.json")));
-            let json = serde_json::json!({
-                "checkpoint": dir, "weights": file, "classifier": classifier, "step": state.step, "report": report,
-            });
-            std::fs::write(&out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
+            let r = eval::evaluate_checkpoint(&ckpt, weights.which(), &classifier, sampler, nfe, num_samples, seed, false)?;
+            let rep = &r.report;
+            let acc = rep.class_accuracy.map(|a| format!(", class accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+            println!("{} {} steps ({}-NFE), {num_samples} samples: FD-FMNIST {:.3}{acc} ({:.1} s)", sampler.name(), rep.steps, rep.nfe, rep.fd, rep.seconds);
+            let out = out.unwrap_or_else(|| r.checkpoint.join(eval::report_file_name(sampler, nfe)));
+            std::fs::write(&out, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", out.display()))?;
             println!("report: {}", out.display());
+        }
+        Cmd::Sweep { path, vary, overrides, out, threads } => {
+            let source = if path.is_dir() {
+                anyhow::ensure!(vary.is_empty(), "--vary needs one config file, but {} is a folder", path.display());
+                sweep::Source::Folder(path.clone())
+            } else {
+                let vary = vary
+                    .iter()
+                    .map(|v| {
+                        let (key, list) = v.split_once('=').ok_or_else(|| anyhow::anyhow!("--vary {v:?} must look like KEY=[V1, V2]"))?;
+                        let values: Vec<serde_yaml::Value> = serde_yaml::from_str(list)
+                            .map_err(|e| anyhow::anyhow!("--vary {key}: {list:?} is not a YAML list of values: {e}"))?;
+                        Ok((key.to_string(), values))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                sweep::Source::Vary { base: path.clone(), vary }
+            };
+            let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "sweep".into());
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{stem}")));
+            let plan = sweep::plan(&source, &out, &overrides)?;
+            if let Some(n) = threads.or(plan.runs[0].config.train.threads) {
+                anyhow::ensure!(n > 0, "--threads must be > 0");
+                tch::set_num_threads(n);
+            }
+            println!("sweep: {} runs into {}; ablated keys: {}", plan.runs.len(), out.display(), plan.ablated.join(", "));
+            // The command as typed, with the binary's path shortened, heads the table.
+            let mut args: Vec<String> = std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect();
+            args[0] = "meanflow".into();
+            sweep::run(&plan, &out, &sweep::SweepOptions { command: args.join(" "), quiet: false })?;
+            println!("table: {}", out.join("results.md").display());
         }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));

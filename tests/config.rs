@@ -103,6 +103,11 @@ fn mistakes_name_their_key() {
     expect_err(&["data.dataset=imagenet"], &["data.dataset", "imagenet"]);
     expect_err(&["train=3"], &["train"]);
     expect_err(&["noequals"], &["noequals", "key.path=value"]);
+    expect_err(&["eval={classifier: c.safetensors, samplers: [{sampler: euler, steps: 0}]}"], &["eval.samplers[0].steps"]);
+    expect_err(&["eval={classifier: c.safetensors, samplers: [{sampler: rk4, steps: 2}]}"], &["eval.samplers[0].sampler", "rk4"]);
+    expect_err(&["eval={classifier: c.safetensors, num_samples: 1}"], &["eval.num_samples"]);
+    expect_err(&["eval={num_samples: 100}"], &["eval", "classifier"]);
+    expect_err(&["paper_fid=-3"], &["paper_fid"]);
 }
 
 #[test]

@@ -148,14 +148,50 @@ fn main() {
     }
 }
 
+/// `train`, as one rank of a data-parallel job when a launcher (torchrun, srun, or
+/// RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT by hand) started this process. `None` on the
+/// ranks other than 0, which print nothing.
+fn train_maybe_distributed(cfg: &config::Config, resume: bool) -> Result<Option<train::RunSummary>> {
+    use meanflow::dist::{launch, Dist};
+    let launch = launch::from_env().map_err(|m| anyhow::anyhow!("data-parallel launch: {m}"))?;
+    match (cfg.train.threads, &launch) {
+        (Some(n), _) => tch::set_num_threads(n),
+        // Share this host's cores among its ranks.
+        (None, Some(l)) => tch::set_num_threads(l.default_threads()),
+        (None, None) => {}
+    }
+    let opts = train::TrainOptions { resume, quiet: false };
+    let Some(l) = launch else { return Ok(Some(train::train(cfg, &opts)?)) };
+    let dcfg = cfg.dist.clone().unwrap_or_default();
+    let cuda = matches!(train::resolve_device(cfg.train.device), Ok(Device::Cuda(_)));
+    let dist = Dist::init(&l, std::time::Duration::from_secs_f64(dcfg.timeout_s), cuda)?;
+    if dist.is_lead() {
+        eprintln!(
+            "meanflow: data parallel, {} ranks ({:?} launch), {} thread(s) per rank, timeout {} s",
+            dist.world_size,
+            dist.launcher,
+            tch::get_num_threads(),
+            dcfg.timeout_s
+        );
+    }
+    match train::train_dist(cfg, &opts, Some(&dist)) {
+        Ok(s) => {
+            let lead = dist.is_lead();
+            dist.finish()?;
+            Ok(lead.then_some(s))
+        }
+        Err(e) => {
+            dist.abandon();
+            Err(anyhow::anyhow!("rank {}/{}: {e}", l.rank, l.world_size))
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { config, overrides, resume } => {
             let cfg = config::load(&config, &overrides)?;
-            if let Some(n) = cfg.train.threads {
-                tch::set_num_threads(n);
-            }
-            let s = train::train(&cfg, &train::TrainOptions { resume, quiet: false })?;
+            let Some(s) = train_maybe_distributed(&cfg, resume)? else { return Ok(()) };
             let from = if s.start_step > 0 { format!(" (steps {}..{})", s.start_step, s.start_step + s.steps) } else { String::new() };
             println!(
                 "trained {} steps{from} in {:.1} s ({:.2} steps/s): loss {:.4}, mse {:.4}, v-loss {:.4}{}",

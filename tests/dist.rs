@@ -36,7 +36,10 @@ fn args(run_dir: &Path, extra: &[&str]) -> Vec<String> {
         "dist.sanity_every=5".into(),
     ];
     for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        a.push("--set".into());
+        // A flag ("--resume") as is; anything else is a config override.
+        if !s.starts_with("--") {
+            a.push("--set".into());
+        }
         a.push(s.into());
     }
     a
@@ -109,7 +112,9 @@ fn bit_equal(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> bool {
 
 /// Single process vs 2 ranks by hand (and, with `with_torchrun`, 2 ranks by torchrun):
 /// ranks bit-identical, the launches bit-identical to each other, and within TOL of the
-/// single process; returns the observed difference.
+/// single process; returns the observed difference. With `with_torchrun` also: 10 steps by
+/// hand, then every rank resumes from rank 0's checkpoint for 10 more, bit for bit the
+/// 20 straight steps (weights, EMAs and optimizer moments).
 fn two_ranks_match_one_process(extra: &[&str], with_torchrun: bool) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let single = tmp.path().join("single");
@@ -155,6 +160,17 @@ fn two_ranks_match_one_process(extra: &[&str], with_torchrun: bool) -> f64 {
     for f in &finals[1..] {
         assert!(bit_equal(&finals[0], f), "torchrun and hand launches differ");
     }
+    if with_torchrun {
+        let split = tmp.path().join("split");
+        let ok = |outs: Vec<Output>| outs.iter().for_each(|o| assert!(o.status.success(), "{}", text(o)));
+        ok(wait_all(spawn_by_hand(2, &split, &[extra, &["train.steps=10"]].concat(), &[])));
+        ok(wait_all(spawn_by_hand(2, &split, &[extra, &["--resume"]].concat(), &[])));
+        for f in ["model", "ema_0.99", "ema_0.995", "optimizer"] {
+            let file = format!("checkpoints/step_00000020/{f}.safetensors");
+            let (a, b) = (load(&launches[0].1.join(&file)), load(&split.join(&file)));
+            assert!(bit_equal(&a, &b), "{f}: resumed 2-rank run differs by {}", max_diff(&a, &b));
+        }
+    }
     worst
 }
 
@@ -165,7 +181,7 @@ fn flow_matching_two_ranks_by_hand_match_one_process() {
 }
 
 #[test]
-fn meanflow_with_cfg_two_ranks_by_torchrun_and_by_hand_match_one_process() {
+fn meanflow_with_cfg_two_ranks_by_torchrun_and_by_hand_match_one_process_and_resume() {
     // The demo objective: ratio 0.25 (JVP rows) and CFG baked into training.
     two_ranks_match_one_process(&[], true);
 }
@@ -214,7 +230,8 @@ fn survivor_exits(hurt: &str, timeout_s: u64) {
     let _ = Command::new("kill").args(["-KILL", &pid]).status();
     let _ = ranks[0].wait();
     let out = r0.wait_with_output().unwrap();
-    eprintln!("rank 1 {hurt}: rank 0 exited with {status} after {:.1} s", took.as_secs_f64());
+    let last = text(&out).lines().last().unwrap_or_default().to_string();
+    eprintln!("rank 1 {hurt}: rank 0 exited with {status} after {:.1} s: {last}", took.as_secs_f64());
     assert!(!status.success(), "{}", text(&out));
     assert!(took < Duration::from_secs(timeout_s + 20), "took {took:?}");
     // The last checkpoint is whole: it loads.
@@ -265,4 +282,34 @@ fn launch_environment() {
     assert!(env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")]).unwrap_err().contains("MASTER_ADDR"));
     assert!(env(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "a"), ("MASTER_PORT", "1")]).unwrap_err().contains("rank 2"));
     assert!(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]).unwrap_err().contains("MASTER_ADDR"));
+}
+
+#[test]
+fn dist_check_collectives_across_two_ranks() {
+    // `meanflow dist-check`: bucketed all-reduce mean (16 MiB in 4 MiB buckets), broadcast
+    // from the last rank, barrier; each rank prints its all-reduce time.
+    let port = free_port().to_string();
+    let children: Vec<Child> = (0..2)
+        .map(|r| {
+            command(BIN)
+                .args(["dist-check", "--device", "cpu", "--mb", "16", "--bucket-mb", "4", "--timeout-s", "30"])
+                .env("RANK", r.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (r, o) in wait_all(children).iter().enumerate() {
+        let t = text(o);
+        eprint!("{t}");
+        assert!(o.status.success(), "rank {r}: {t}");
+        assert!(t.contains(&format!("rank {r}/2: all-reduce mean of 16.0 MiB on Cpu in 3 bucket(s)")), "{t}");
+    }
+    // Without a launcher it says what is missing.
+    let o = command(BIN).args(["dist-check"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("torchrun"), "{}", text(&o));
 }

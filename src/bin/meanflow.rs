@@ -116,6 +116,20 @@ enum Cmd {
     },
     /// Print the libtorch build, devices and thread count.
     Info,
+    /// Check the data-parallel collectives (bucketed all-reduce mean, broadcast, barrier)
+    /// across the ranks of a launch (torchrun, srun, RANK/WORLD_SIZE), and time the all-reduce.
+    DistCheck {
+        /// cpu (Gloo) or cuda (NCCL; needs a build with --features nccl).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// MiB all-reduced.
+        #[arg(long, default_value_t = 64.0)]
+        mb: f64,
+        #[arg(long, default_value_t = 25.0)]
+        bucket_mb: f64,
+        #[arg(long, default_value_t = 60.0)]
+        timeout_s: f64,
+    },
 }
 
 /// Which weights of a checkpoint: an EMA (the default) or the raw ones.
@@ -292,6 +306,35 @@ fn run(cli: Cli) -> Result<()> {
             });
             std::fs::write(&out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
             println!("report: {}", out.display());
+        }
+        Cmd::DistCheck { device, mb, bucket_mb, timeout_s } => {
+            let l = meanflow::dist::launch::from_env()
+                .map_err(|m| anyhow::anyhow!("data-parallel launch: {m}"))?
+                .ok_or_else(|| anyhow::anyhow!("dist-check runs under a launcher: torchrun, srun, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT"))?;
+            let dev = match device.as_str() {
+                "cpu" => Device::Cpu,
+                "cuda" => Device::Cuda(l.local_rank as usize),
+                other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
+            };
+            let dist = meanflow::dist::Dist::init(&l, std::time::Duration::from_secs_f64(timeout_s), dev.is_cuda())?;
+            match meanflow::dist::self_test(&dist, dev, mb, bucket_mb) {
+                Ok(r) => {
+                    println!(
+                        "rank {}/{}: all-reduce mean of {:.1} MiB on {:?} in {} bucket(s): {:.1} ms; broadcast and barrier ok",
+                        r.rank,
+                        r.world_size,
+                        r.bytes as f64 / (1024.0 * 1024.0),
+                        r.device,
+                        r.buckets,
+                        1e3 * r.all_reduce_s
+                    );
+                    dist.finish()?;
+                }
+                Err(e) => {
+                    dist.abandon();
+                    return Err(e.into());
+                }
+            }
         }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));

@@ -350,3 +350,60 @@ pub fn dump_weights_for_test(vs: &tch::nn::VarStore, rank: i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// What [`self_test`] measured.
+#[derive(Debug, Clone)]
+pub struct SelfTest {
+    pub rank: i64,
+    pub world_size: i64,
+    pub device: Device,
+    pub bytes: usize,
+    pub buckets: usize,
+    /// Wall time of the bucketed all-reduce mean (after one warm-up), seconds.
+    pub all_reduce_s: f64,
+}
+
+/// Checks the collectives on `device` tensors: a bucketed all-reduce mean of `mb` MiB
+/// spread over several tensors (rank r contributes r + 1 + i, so the mean is known), a
+/// broadcast from the last rank and a barrier. Errors name what came out wrong.
+pub fn self_test(d: &Dist, device: Device, mb: f64, bucket_mb: f64) -> Result<SelfTest> {
+    let total = ((mb * 1024.0 * 1024.0) as i64 / 4).max(8);
+    // Uneven sizes: a tensor larger than a bucket is its own bucket, small ones share.
+    let sizes = [total / 2, total / 4, total / 8, total - total / 2 - total / 4 - total / 8];
+    let fill = |rank: i64| -> Vec<Tensor> {
+        sizes.iter().enumerate().map(|(i, &n)| Tensor::full([n], (rank + 1 + i as i64) as f64, (Kind::Float, device))).collect()
+    };
+    let bucket_bytes = (bucket_mb * 1024.0 * 1024.0) as usize;
+    let warm = fill(d.rank);
+    d.all_reduce_mean(&warm, bucket_bytes)?;
+    let ts = fill(d.rank);
+    d.barrier()?;
+    let t0 = std::time::Instant::now();
+    d.all_reduce_mean(&ts, bucket_bytes)?;
+    let _ = ts.iter().map(|t| t.sum(Kind::Float).double_value(&[])).sum::<f64>(); // device sync
+    let all_reduce_s = t0.elapsed().as_secs_f64();
+    let mean_rank = (d.world_size - 1) as f64 / 2.0;
+    for (i, t) in ts.iter().chain(&warm).enumerate() {
+        let want = mean_rank + 1.0 + (i % sizes.len()) as f64;
+        let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+        if lo != want || hi != want {
+            return Err(err(format!("all-reduce mean of tensor {i} gave values in [{lo}, {hi}], expected {want}")));
+        }
+    }
+    let root = d.world_size - 1;
+    let b = Tensor::full([1000], d.rank as f64, (Kind::Float, device));
+    d.broadcast(&[b.shallow_clone()], root)?;
+    let (lo, hi) = (b.min().double_value(&[]), b.max().double_value(&[]));
+    if lo != root as f64 || hi != root as f64 {
+        return Err(err(format!("broadcast from rank {root} gave values in [{lo}, {hi}]")));
+    }
+    d.barrier()?;
+    Ok(SelfTest {
+        rank: d.rank,
+        world_size: d.world_size,
+        device,
+        bytes: total as usize * 4,
+        buckets: buckets(&ts, bucket_bytes).len(),
+        all_reduce_s,
+    })
+}

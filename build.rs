@@ -75,6 +75,10 @@ fn build_dist(include: &std::path::Path) {
             }
         }
         for d in dirs {
+            // CUDA 13 keeps thrust/cub/libcudacxx under include/cccl.
+            if d.join("cccl").is_dir() {
+                b.include(d.join("cccl"));
+            }
             b.include(d);
         }
     }

@@ -199,8 +199,9 @@ fn skipped_gradient_sync_is_caught_by_the_sanity_check() {
 }
 
 /// Starts 2 ranks on a long run, waits for rank 0's first checkpoint, applies `hurt` to
-/// rank 1, and checks rank 0 exits non-zero within the timeout with its checkpoint intact.
-fn survivor_exits(hurt: &str, timeout_s: u64) {
+/// rank `victim`, and checks the other exits non-zero within the timeout and the last
+/// checkpoint is intact.
+fn survivor_exits(hurt: &str, victim: usize, timeout_s: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let timeout = format!("dist.timeout_s={timeout_s}");
@@ -211,27 +212,28 @@ fn survivor_exits(hurt: &str, timeout_s: u64) {
         assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = ranks[1].id().to_string();
+    let pid = ranks[victim].id().to_string();
     assert!(Command::new("kill").args([hurt, &pid]).status().unwrap().success());
     let hurt_at = Instant::now();
-    let mut r0 = ranks.remove(0);
+    let mut victim_child = ranks.remove(victim);
+    let mut survivor = ranks.remove(0);
     let status = loop {
-        if let Some(s) = r0.try_wait().unwrap() {
+        if let Some(s) = survivor.try_wait().unwrap() {
             break s;
         }
         if hurt_at.elapsed() > Duration::from_secs(timeout_s + 30) {
-            r0.kill().ok();
+            survivor.kill().ok();
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            panic!("rank 0 still running {} s after rank 1 got {hurt}", timeout_s + 30);
+            panic!("the survivor still runs {} s after rank {victim} got {hurt}", timeout_s + 30);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let took = hurt_at.elapsed();
     let _ = Command::new("kill").args(["-KILL", &pid]).status();
-    let _ = ranks[0].wait();
-    let out = r0.wait_with_output().unwrap();
+    let _ = victim_child.wait();
+    let out = survivor.wait_with_output().unwrap();
     let last = text(&out).lines().last().unwrap_or_default().to_string();
-    eprintln!("rank 1 {hurt}: rank 0 exited with {status} after {:.1} s: {last}", took.as_secs_f64());
+    eprintln!("rank {victim} {hurt}: the other exited with {status} after {:.1} s: {last}", took.as_secs_f64());
     assert!(!status.success(), "{}", text(&out));
     assert!(took < Duration::from_secs(timeout_s + 20), "took {took:?}");
     // The last checkpoint is whole: it loads.
@@ -243,12 +245,18 @@ fn survivor_exits(hurt: &str, timeout_s: u64) {
 
 #[test]
 fn a_killed_rank_makes_the_other_exit_with_an_error() {
-    survivor_exits("-KILL", 20);
+    survivor_exits("-KILL", 1, 20);
+}
+
+#[test]
+fn a_killed_store_host_makes_the_other_exit_with_an_error() {
+    // Rank 0 hosts the TCPStore in a launch by hand.
+    survivor_exits("-KILL", 0, 20);
 }
 
 #[test]
 fn a_hung_rank_makes_the_other_exit_within_the_timeout() {
-    survivor_exits("-STOP", 5);
+    survivor_exits("-STOP", 1, 5);
 }
 
 #[test]
@@ -312,4 +320,25 @@ fn dist_check_collectives_across_two_ranks() {
     // Without a launcher it says what is missing.
     let o = command(BIN).args(["dist-check"]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("torchrun"), "{}", text(&o));
+}
+
+#[test]
+fn checksums_see_any_single_changed_element() {
+    let a = Tensor::randn([1000], (tch::Kind::Float, tch::Device::Cpu));
+    let named = |t: &Tensor| vec![("w".to_string(), t.copy())];
+    let base: Vec<i64> = Vec::try_from(meanflow::dist::checksums(&named(&a))).unwrap();
+    assert_eq!(base, Vec::<i64>::try_from(meanflow::dist::checksums(&named(&a.copy()))).unwrap());
+    for i in [0i64, 1, 500, 999] {
+        // One ulp at one element, and a swap of two elements.
+        let b = a.copy();
+        let bits = b.view_dtype(tch::Kind::Int);
+        let _ = bits.narrow(0, i, 1).g_add_scalar_(1);
+        assert_ne!(base, Vec::<i64>::try_from(meanflow::dist::checksums(&named(&b))).unwrap(), "ulp at {i}");
+        let c = a.copy();
+        let j = (i + 1) % 1000;
+        let (x, y) = (a.narrow(0, i, 1), a.narrow(0, j, 1));
+        c.narrow(0, i, 1).copy_(&y);
+        c.narrow(0, j, 1).copy_(&x);
+        assert_ne!(base, Vec::<i64>::try_from(meanflow::dist::checksums(&named(&c))).unwrap(), "swap at {i}");
+    }
 }

@@ -25,6 +25,7 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .files(SHIM)
         .compile("meanflow_shim");
+    build_dist(&include);
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
@@ -36,4 +37,50 @@ fn main() {
     }
     // RUNPATH (not RPATH), so LD_LIBRARY_PATH can still point at another torch/lib.
     println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib.display());
+}
+
+/// The data-parallel shim (csrc/dist.cpp) over libtorch's c10d: Gloo always, against the
+/// declaration-only gloo headers in csrc/gloo/; NCCL with the `nccl` feature, against the
+/// `nccl.h` and CUDA headers of the nvidia-* wheels next to torch (or MEANFLOW_CUDA_INCLUDE).
+fn build_dist(include: &std::path::Path) {
+    for f in ["csrc/dist.cpp", "csrc/gloo"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!("cargo:rerun-if-env-changed=MEANFLOW_CUDA_INCLUDE");
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc")
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .file("csrc/dist.cpp");
+    if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        b.define("USE_C10D_NCCL", None).define("MF_WITH_NCCL", None).define("USE_CUDA", None);
+        let mut dirs: Vec<PathBuf> = std::env::var("MEANFLOW_CUDA_INCLUDE")
+            .map(|v| std::env::split_paths(&v).collect())
+            .unwrap_or_default();
+        // torch/include/.. is site-packages/torch; the nvidia wheels sit beside it.
+        if let Ok(rd) = std::fs::read_dir(include.join("../../nvidia")) {
+            for e in rd.flatten() {
+                for sub in ["include", "cu13/include"] {
+                    let d = e.path().join(sub);
+                    if d.is_dir() {
+                        dirs.push(d);
+                    }
+                }
+            }
+        }
+        for d in dirs {
+            // CUDA 13 keeps thrust/cub/libcudacxx under include/cccl.
+            if d.join("cccl").is_dir() {
+                b.include(d.join("cccl"));
+            }
+            b.include(d);
+        }
+    }
+    b.compile("meanflow_dist");
 }

@@ -40,4 +40,27 @@ if [ -n "$BENCH" ]; then
 else
   echo "no train_step bench binary under target/release/deps (build it with: make gpu-check-build)"; status=1
 fi
+echo "== 4. data parallel on NCCL, world size 1 (a binary built with --features nccl)"
+# Build it where Rust is (needs the CUDA 13.0 header wheels, see README "Data-parallel
+# training"):  cargo build --release --features nccl --target-dir target/nccl
+# and carry target/nccl/release/meanflow. Unrun on a GPU so far.
+DIST_BIN=${MEANFLOW_NCCL_BIN:-target/nccl/release/meanflow}
+TORCHRUN=$(dirname "$PYTHON")/torchrun
+[ -x "$TORCHRUN" ] || TORCHRUN="$PYTHON -m torch.distributed.run"
+if [ -x "$DIST_BIN" ]; then
+  # Bucketed all-reduce mean, broadcast and barrier on CUDA tensors through NCCL.
+  $TORCHRUN --standalone --nproc_per_node=1 --no-python "$DIST_BIN" dist-check --device cuda --mb 64 || status=1
+  FMNIST=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+  if [ -d "$FMNIST" ]; then
+    RUN=$(mktemp -d)
+    $TORCHRUN --standalone --nproc_per_node=1 --no-python "$DIST_BIN" train --config configs/fashion_mnist.yaml \
+      --set data.root="$FMNIST" --set train.device=cuda --set train.steps=50 --set dist.sanity_every=10 \
+      --set train.run_dir="$RUN/run" --set sample.nfe=[1] || status=1
+    rm -rf "$RUN"
+  else
+    echo "no Fashion-MNIST in $FMNIST: NCCL training run skipped"
+  fi
+else
+  echo "no NCCL build at $DIST_BIN: skipped"
+fi
 exit $status

@@ -38,6 +38,9 @@ pub struct Config {
     /// ignores it.
     #[serde(default)]
     pub paper_fid: Option<f64>,
+    /// Multi-process data parallel (README "Data-parallel training"); absent = defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist: Option<DistConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +285,32 @@ fn eval_samplers() -> Vec<SamplerSpec> {
     vec![SamplerSpec { sampler: crate::eval::Sampler::Meanflow, steps: 1 }]
 }
 
+/// Data-parallel knobs; they matter only when a launcher (torchrun, srun, RANK/WORLD_SIZE)
+/// starts several processes, except `emulate_world_size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// Every this many steps (and at the last) the ranks compare parameter checksums; a
+    /// difference stops training naming the first differing parameter. 0 = never.
+    pub sanity_every: u64,
+    /// Seconds any collective or rendezvous may wait for the other ranks before this rank
+    /// stops with an error (a dead or hung peer).
+    pub timeout_s: f64,
+    /// Gradient all-reduce bucket size in MiB.
+    pub bucket_mb: f64,
+    /// A single process trains on the global batch that this many ranks would see (their
+    /// data shards and draws concatenated): the reference a data-parallel run is compared
+    /// with. Absent = 1 shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emulate_world_size: Option<i64>,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { sanity_every: 100, timeout_s: 300.0, bucket_mb: 25.0, emulate_world_size: None }
+    }
+}
+
 // ---------------------------------------------------------------- loading
 
 /// Reads `path`, applies `key.path=value` overrides, and validates.
@@ -451,6 +480,13 @@ impl Config {
         }
         if let Some(f) = self.paper_fid {
             c.ensure(f.is_finite() && f >= 0.0, "paper_fid", || format!("must be a finite number >= 0, got {f}"))?;
+        }
+        if let Some(d) = &self.dist {
+            c.positive(d.timeout_s, "dist.timeout_s")?;
+            c.positive(d.bucket_mb, "dist.bucket_mb")?;
+            if let Some(n) = d.emulate_world_size {
+                c.ensure(n >= 1, "dist.emulate_world_size", || format!("must be >= 1, got {n}"))?;
+            }
         }
         self.model.spec_with(source).map(|_| ())
     }

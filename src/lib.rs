@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod ema;
 pub mod error;
 pub mod eval;

@@ -69,7 +69,34 @@ pub fn objective(cfg: &Config, spec: &ModelSpec) -> MeanFlowLoss {
 
 /// Draws everything random of step `step` for the batch `(x, labels)`.
 pub fn draw_step(cfg: &Config, objective: &MeanFlowLoss, step: u64, x: Tensor, labels: Option<Tensor>) -> Draws {
-    rng::with_seed(rng::mix_seed(cfg.seed, rng::STREAM_STEP, step), || draw_step_seeded(cfg, objective, x, labels))
+    draw_step_shard(cfg, objective, step, 0, x, labels)
+}
+
+/// The draws of data shard `shard` (= rank) of step `step`: seeded from (seed, step,
+/// shard), shard 0 as in a single-process run.
+pub fn draw_step_shard(cfg: &Config, objective: &MeanFlowLoss, step: u64, shard: u64, x: Tensor, labels: Option<Tensor>) -> Draws {
+    let seed = crate::dist::shard_seed(cfg.seed, rng::STREAM_STEP, step, shard);
+    rng::with_seed(seed, || draw_step_seeded(cfg, objective, x, labels))
+}
+
+/// One batch made of several shards' draws, in shard order (one process standing in for
+/// several ranks: `dist.emulate_world_size`).
+fn concat_draws(parts: Vec<Draws>) -> Draws {
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap();
+    }
+    let cat = |f: &dyn Fn(&Draws) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+    let cat_opt = |f: &dyn Fn(&Draws) -> &Option<Tensor>| {
+        parts.iter().map(|d| f(d).as_ref()).collect::<Option<Vec<&Tensor>>>().map(|v| Tensor::cat(&v, 0))
+    };
+    Draws {
+        x: cat(&|d| &d.x),
+        e: cat(&|d| &d.e),
+        t: cat(&|d| &d.t),
+        r: cat(&|d| &d.r),
+        labels: cat_opt(&|d| &d.labels),
+        dropped: cat_opt(&|d| &d.dropped),
+    }
 }
 
 fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: Option<Tensor>) -> Draws {
@@ -87,16 +114,20 @@ fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: O
 }
 
 /// Batches of one epoch drawn without replacement; the last partial batch is dropped.
+/// Data parallel: a step's global batch is `shards` consecutive per-rank batches of the
+/// epoch's permutation, and shard (rank) k reads the k-th of them.
 struct Batcher {
     seed: u64,
     batch: i64,
+    shards: i64,
     n: i64,
     epoch: Option<(u64, Tensor)>,
 }
 
 impl Batcher {
-    fn indices(&mut self, step: u64) -> Tensor {
-        let per_epoch = (self.n / self.batch) as u64;
+    fn indices(&mut self, step: u64, shard: i64) -> Tensor {
+        let global = self.batch * self.shards;
+        let per_epoch = (self.n / global) as u64;
         let (epoch, i) = (step / per_epoch, (step % per_epoch) as i64);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let perm = rng::with_seed(rng::mix_seed(self.seed, rng::STREAM_EPOCH, epoch), || {
@@ -104,11 +135,11 @@ impl Batcher {
             });
             self.epoch = Some((epoch, perm));
         }
-        self.epoch.as_ref().unwrap().1.narrow(0, i * self.batch, self.batch)
+        self.epoch.as_ref().unwrap().1.narrow(0, i * global + shard * self.batch, self.batch)
     }
 }
 
-fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
+fn check_data_matches_model(cfg: &Config, data: &Dataset, shards: i64) -> Result<()> {
     let size = data.images.size();
     if size[1] != cfg.model.in_channels {
         return Err(cfg.error("model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
@@ -122,8 +153,11 @@ fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
             format!("is {} but the data has {} classes (use 0 for unconditional)", cfg.model.num_classes, data.num_classes),
         ));
     }
-    if data.len() < cfg.train.batch_size {
-        return Err(cfg.error("train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len())));
+    if data.len() < cfg.train.batch_size * shards {
+        return Err(cfg.error(
+            "train.batch_size",
+            format!("{} x {shards} rank(s) exceeds the {} training images", cfg.train.batch_size, data.len()),
+        ));
     }
     Ok(())
 }
@@ -151,7 +185,7 @@ fn check_resume(cfg: &Config, state: &TrainState, ckpt: &Path) -> Result<()> {
     let new = serde_yaml::to_value(cfg).expect("config serialises");
     let mut changed = Vec::new();
     diff_values("", &old, &new, &mut changed);
-    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "eval", "paper_fid"];
+    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "dist.sanity_every", "dist.timeout_s", "dist.bucket_mb", "eval", "paper_fid"];
     for (key, a, b) in changed {
         if key.starts_with("model.") {
             return Err(cfg.error(&key, format!("is {b} but the checkpoint's model has {a}")));
@@ -199,12 +233,41 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
 
 /// Trains on an in-memory dataset (the CLI loads it from `cfg.data`; tests pass their own).
 pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunSummary> {
+    train_on_dist(cfg, data, opts, None)
+}
+
+/// [`train`] as one rank of a data-parallel job (`None`: a single process).
+pub fn train_dist(cfg: &Config, opts: &TrainOptions, dist: Option<&crate::dist::Dist>) -> Result<RunSummary> {
+    let data = load_data(cfg)?;
+    train_on_dist(cfg, data, opts, dist)
+}
+
+/// [`train_on`] as one rank of a data-parallel job: rank-sharded data and draws,
+/// gradients averaged across ranks, and only rank 0 writes files or shows progress.
+pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Option<&crate::dist::Dist>) -> Result<RunSummary> {
     let t = &cfg.train;
+    let dcfg = cfg.dist.clone().unwrap_or_default();
+    let world = dist.map_or(1, |d| d.world_size);
+    if world > 1 && dcfg.emulate_world_size.is_some() {
+        return Err(cfg.error("dist.emulate_world_size", "is for a single process, but this run has several ranks"));
+    }
+    // The shards this process computes, out of `shards` in a global batch.
+    let shards = world.max(dcfg.emulate_world_size.unwrap_or(1));
+    let my_shards: Vec<i64> = match dist {
+        Some(d) if world > 1 => vec![d.rank],
+        _ => (0..shards).collect(),
+    };
+    let lead = dist.map_or(true, |d| d.is_lead());
+    let opts = &TrainOptions { quiet: opts.quiet || !lead, ..opts.clone() };
     // `train.threads` is applied by the CLI once at start, not here: libtorch's thread
     // count is process-wide, and changing it while another thread computes changed that
     // thread's results (seen as resume tests failing when run in parallel).
-    let device = resolve_device(t.device).map_err(|m| cfg.error("train.device", m))?;
-    check_data_matches_model(cfg, &data)?;
+    let device = match (resolve_device(t.device).map_err(|m| cfg.error("train.device", m))?, dist) {
+        // One GPU per rank of a host.
+        (Device::Cuda(_), Some(d)) => Device::Cuda(d.local_rank as usize),
+        (dev, _) => dev,
+    };
+    check_data_matches_model(cfg, &data, shards)?;
     let spec = cfg.model.spec(&cfg.source)?;
     let run_dir = t.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
@@ -240,37 +303,57 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
         }
         (None, false) => {}
     }
-    std::fs::write(run_dir.join("config.yaml"), serde_yaml::to_string(cfg).expect("config serialises"))?;
-    let metrics_path = run_dir.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, start)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
+    // Every rank starts from rank 0's weights, EMAs and optimizer moments (fresh or resumed).
+    if let Some(d) = dist.filter(|d| d.world_size > 1) {
+        d.broadcast(&all_state(&vs, &emas, &opt), 0)?;
+    }
+    let mut metrics: Box<dyn Write> = if lead {
+        std::fs::write(run_dir.join("config.yaml"), serde_yaml::to_string(cfg).expect("config serialises"))?;
+        let metrics_path = run_dir.join("metrics.jsonl");
+        truncate_metrics(&metrics_path, start)?;
+        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?)
+    } else {
+        Box::new(std::io::sink())
+    };
+    let grad_sync = crate::dist::GradSync::new(dist, dcfg.bucket_mb);
+    let mut synced_vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    synced_vars.sort_by(|a, b| a.0.cmp(&b.0));
 
     let images = data.images.to_device(device);
     let labels = (spec.num_classes() > 0).then(|| data.labels.to_device(device));
-    let mut batcher = Batcher { seed: cfg.seed, batch: t.batch_size, n: data.len(), epoch: None };
+    let mut batcher = Batcher { seed: cfg.seed, batch: t.batch_size, shards, n: data.len(), epoch: None };
 
     let pb = progress_bar(t.steps, start, opts.quiet);
     let started = Instant::now();
     let mut window = Window::default();
     let mut last = [f64::NAN; 3];
     let mut skipped = 0u64;
-    let samples_per_epoch = (data.len() / t.batch_size) * t.batch_size;
-    eprintln!(
-        "meanflow: {} parameters on {:?}, batch {}, {} steps ({:.1} epochs), run folder {}",
-        models::num_params(&vs),
-        device,
-        t.batch_size,
-        t.steps,
-        (t.steps as f64 * t.batch_size as f64) / samples_per_epoch as f64,
-        run_dir.display()
-    );
+    let global_batch = t.batch_size * shards;
+    let samples_per_epoch = (data.len() / global_batch) * global_batch;
+    if lead {
+        let ranks = if shards > 1 { format!(" ({} per rank x {shards} ranks{})", t.batch_size, if world == 1 { ", emulated" } else { "" }) } else { String::new() };
+        eprintln!(
+            "meanflow: {} parameters on {:?}, batch {global_batch}{ranks}, {} steps ({:.1} epochs), run folder {}",
+            models::num_params(&vs),
+            device,
+            t.steps,
+            (t.steps as f64 * global_batch as f64) / samples_per_epoch as f64,
+            run_dir.display()
+        );
+    }
 
     for step in start..t.steps {
-        // ---- batch and draws
-        let idx = batcher.indices(step).to_device(device);
-        let x = images.index_select(0, &idx);
-        let y = labels.as_ref().map(|l| l.index_select(0, &idx));
-        let draws = draw_step(cfg, &objective, step, x, y);
+        // ---- batch and draws: this rank's shard (or, emulating, every shard in order)
+        let parts = my_shards
+            .iter()
+            .map(|&k| {
+                let idx = batcher.indices(step, k).to_device(device);
+                let x = images.index_select(0, &idx);
+                let y = labels.as_ref().map(|l| l.index_select(0, &idx));
+                draw_step_shard(cfg, &objective, step, k as u64, x, y)
+            })
+            .collect();
+        let draws = concat_draws(parts);
 
         // ---- loss, one host sync for the three monitored numbers
         let out = {
@@ -278,7 +361,14 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
             objective.compute(net.as_ref(), &draws, true)?
         };
         let stats = Tensor::stack(&[out.loss.detach().to_kind(Kind::Double), out.mse.to_kind(Kind::Double), out.v_loss.to_kind(Kind::Double)], 0);
-        let s: Vec<f64> = Vec::<f64>::try_from(stats.to_device(Device::Cpu))?;
+        let stats = stats.to_device(Device::Cpu);
+        // Data parallel: the logged numbers are means over ranks, and a non-finite loss on
+        // any rank is seen by all of them (so they all skip, or all stop).
+        if let Some(d) = dist.filter(|d| d.world_size > 1) {
+            d.all_reduce(&[stats.shallow_clone()], crate::dist::ReduceOp::Sum)?;
+            let _ = stats.shallow_clone().g_div_scalar_(world as f64);
+        }
+        let s: Vec<f64> = Vec::<f64>::try_from(&stats)?;
         if s.iter().any(|v| !v.is_finite()) {
             let msg = format!("non-finite loss (loss {}, mse {}, v-loss {})", s[0], s[1], s[2]);
             match t.on_nonfinite {
@@ -300,19 +390,25 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
         // ---- update
         opt.zero_grad();
         out.loss.backward();
-        let grad_norm = match t.grad_clip {
-            Some(max) => opt.clip_grad_norm(max),
-            None => opt.grad_norm(),
-        };
+        // Averaged across ranks here, whatever computed the loss (JVP included).
+        let synced = grad_sync.sync(dist, opt.params())?;
         let lr = t.lr * if t.warmup_steps > 0 { ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) } else { 1.0 };
-        opt.step(lr);
+        let grad_norm = update(&mut opt, synced, t.grad_clip, lr);
         for ema in &emas {
             ema.update();
         }
         window.add(&last, &grad_norm);
 
-        // ---- log, checkpoint
+        // ---- log, sanity check across ranks, checkpoint
         let done = step + 1;
+        if let Some(d) = dist.filter(|d| d.world_size > 1) {
+            if dcfg.sanity_every > 0 && (done % dcfg.sanity_every == 0 || done == t.steps) {
+                if let Err(e) = d.check_in_sync(&synced_vars, done) {
+                    pb.abandon();
+                    return Err(e);
+                }
+            }
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let rate = (done - start) as f64 / elapsed.max(1e-9);
         pb.set_position(done);
@@ -331,7 +427,7 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
                 eprintln!("step {done}/{}: loss {:.4} mse {:.4} v-loss {:.4} ({rate:.2} steps/s)", t.steps, m[0], m[1], m[2]);
             }
         }
-        if done % t.checkpoint_every == 0 || done == t.steps {
+        if lead && (done % t.checkpoint_every == 0 || done == t.steps) {
             let state = TrainState {
                 step: done,
                 seed: cfg.seed,
@@ -345,10 +441,11 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     }
     pb.finish();
     let wall_s = started.elapsed().as_secs_f64();
+    crate::dist::dump_weights_for_test(&vs, dist.map_or(0, |d| d.rank))?;
 
     // ---- sample grids from the first EMA
     let mut grids = Vec::new();
-    if let Some(ema) = emas.first() {
+    if let Some(ema) = emas.first().filter(|_| lead) {
         for &k in &cfg.sample.nfe {
             let path = run_dir.join(format!("samples_nfe{k}.png"));
             write_grid(ema.net.as_ref(), &spec, cfg, k, device, &path)?;
@@ -367,6 +464,33 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
         skipped,
         grids,
     })
+}
+
+/// The optimizer update of a step: clipping, then Adam. It takes the token that only
+/// the gradient all-reduce produces, so no step can update unsynchronised gradients.
+/// Returns the gradient norm before clipping.
+fn update(opt: &mut crate::optim::Adam, _synced: crate::dist::SyncedGrads, grad_clip: Option<f64>, lr: f64) -> Tensor {
+    let grad_norm = match grad_clip {
+        Some(max) => opt.clip_grad_norm(max),
+        None => opt.grad_norm(),
+    };
+    opt.step(lr);
+    grad_norm
+}
+
+/// Everything rank 0 broadcasts at start: weights and buffers, EMA weights, Adam moments.
+fn all_state(vs: &VarStore, emas: &[Ema], opt: &crate::optim::Adam) -> Vec<Tensor> {
+    let sorted = |vs: &VarStore| {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t)
+    };
+    let mut out: Vec<Tensor> = sorted(vs).collect();
+    for e in emas {
+        out.extend(sorted(&e.vs));
+    }
+    out.extend(opt.state().into_iter().map(|(_, t)| t));
+    out
 }
 
 /// Most images one grid may hold.

@@ -138,6 +138,20 @@ enum Cmd {
     },
     /// Print the libtorch build, devices and thread count.
     Info,
+    /// Check the data-parallel collectives (bucketed all-reduce mean, broadcast, barrier)
+    /// across the ranks of a launch (torchrun, srun, RANK/WORLD_SIZE), and time the all-reduce.
+    DistCheck {
+        /// cpu (Gloo) or cuda (NCCL; needs a build with --features nccl).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// MiB all-reduced.
+        #[arg(long, default_value_t = 64.0)]
+        mb: f64,
+        #[arg(long, default_value_t = 25.0)]
+        bucket_mb: f64,
+        #[arg(long, default_value_t = 60.0)]
+        timeout_s: f64,
+    },
 }
 
 /// Which weights of a checkpoint: an EMA (the default) or the raw ones.
@@ -170,14 +184,50 @@ fn main() {
     }
 }
 
+/// `train`, as one rank of a data-parallel job when a launcher (torchrun, srun, or
+/// RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT by hand) started this process. `None` on the
+/// ranks other than 0, which print nothing.
+fn train_maybe_distributed(cfg: &config::Config, resume: bool) -> Result<Option<train::RunSummary>> {
+    use meanflow::dist::{launch, Dist};
+    let launch = launch::from_env().map_err(|m| anyhow::anyhow!("data-parallel launch: {m}"))?;
+    match (cfg.train.threads, &launch) {
+        (Some(n), _) => tch::set_num_threads(n),
+        // Share this host's cores among its ranks.
+        (None, Some(l)) => tch::set_num_threads(l.default_threads()),
+        (None, None) => {}
+    }
+    let opts = train::TrainOptions { resume, quiet: false };
+    let Some(l) = launch else { return Ok(Some(train::train(cfg, &opts)?)) };
+    let dcfg = cfg.dist.clone().unwrap_or_default();
+    let cuda = matches!(train::resolve_device(cfg.train.device), Ok(Device::Cuda(_)));
+    let dist = Dist::init(&l, std::time::Duration::from_secs_f64(dcfg.timeout_s), cuda)?;
+    if dist.is_lead() {
+        eprintln!(
+            "meanflow: data parallel, {} ranks ({:?} launch), {} thread(s) per rank, timeout {} s",
+            dist.world_size,
+            dist.launcher,
+            tch::get_num_threads(),
+            dcfg.timeout_s
+        );
+    }
+    match train::train_dist(cfg, &opts, Some(&dist)) {
+        Ok(s) => {
+            let lead = dist.is_lead();
+            dist.finish()?;
+            Ok(lead.then_some(s))
+        }
+        Err(e) => {
+            dist.abandon();
+            Err(anyhow::anyhow!("rank {}/{}: {e}", l.rank, l.world_size))
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { config, overrides, resume } => {
             let cfg = config::load(&config, &overrides)?;
-            if let Some(n) = cfg.train.threads {
-                tch::set_num_threads(n);
-            }
-            let s = train::train(&cfg, &train::TrainOptions { resume, quiet: false })?;
+            let Some(s) = train_maybe_distributed(&cfg, resume)? else { return Ok(()) };
             let from = if s.start_step > 0 { format!(" (steps {}..{})", s.start_step, s.start_step + s.steps) } else { String::new() };
             println!(
                 "trained {} steps{from} in {:.1} s ({:.2} steps/s): loss {:.4}, mse {:.4}, v-loss {:.4}{}",
@@ -284,6 +334,35 @@ fn run(cli: Cli) -> Result<()> {
             args[0] = "meanflow".into();
             sweep::run(&plan, &out, &sweep::SweepOptions { command: args.join(" "), quiet: false })?;
             println!("table: {}", out.join("results.md").display());
+        }
+        Cmd::DistCheck { device, mb, bucket_mb, timeout_s } => {
+            let l = meanflow::dist::launch::from_env()
+                .map_err(|m| anyhow::anyhow!("data-parallel launch: {m}"))?
+                .ok_or_else(|| anyhow::anyhow!("dist-check runs under a launcher: torchrun, srun, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT"))?;
+            let dev = match device.as_str() {
+                "cpu" => Device::Cpu,
+                "cuda" => Device::Cuda(l.local_rank as usize),
+                other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
+            };
+            let dist = meanflow::dist::Dist::init(&l, std::time::Duration::from_secs_f64(timeout_s), dev.is_cuda())?;
+            match meanflow::dist::self_test(&dist, dev, mb, bucket_mb) {
+                Ok(r) => {
+                    println!(
+                        "rank {}/{}: all-reduce mean of {:.1} MiB on {:?} in {} bucket(s): {:.1} ms; broadcast and barrier ok",
+                        r.rank,
+                        r.world_size,
+                        r.bytes as f64 / (1024.0 * 1024.0),
+                        r.device,
+                        r.buckets,
+                        1e3 * r.all_reduce_s
+                    );
+                    dist.finish()?;
+                }
+                Err(e) => {
+                    dist.abandon();
+                    return Err(e.into());
+                }
+            }
         }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));

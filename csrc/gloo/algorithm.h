@@ -1,0 +1,3 @@
+// Declaration-only stand-in (see csrc/gloo/README.md).
+#pragma once
+#include "gloo/context.h"

@@ -1,0 +1,2 @@
+// Declaration-only stand-in (see csrc/gloo/README.md).
+#pragma once

@@ -329,5 +329,5 @@ pub fn geometric(images: &Tensor, g_inv: &Tensor) -> Tensor {
     x = x.conv2d(&hz_fwd.unsqueeze(2), None::<Tensor>, [1, 2], [0, down_pad], [1, 1], c);
     x = x.narrow(3, hz_pad, x.size()[3] - 2 * hz_pad);
     x = x.conv2d(&hz_fwd.unsqueeze(3), None::<Tensor>, [2, 1], [down_pad, 0], [1, 1], c);
-    x.narrow(2, hz_pad, x.size()[2] - 2 * hz_pad)
+    x.narrow(2, hz_pad, x.size()[2] - 2 * hz_pad).contiguous()
 }

@@ -31,6 +31,8 @@ fn spec_json(cfg: &Config) -> serde_json::Value {
             "time_input": ti, "time_scale": s.time_scale}),
         ModelSpec::Mlp(s) => serde_json::json!({"kind": "mlp", "dim": s.dim, "hidden": s.hidden, "layers": s.layers,
             "num_classes": s.num_classes, "time_input": ti, "time_scale": s.time_scale}),
+        // The PyTorch reference has no SongUNet: these workloads run ours only.
+        ModelSpec::SongUnet(_) => serde_json::json!({"kind": "songunet"}),
     }
 }
 
@@ -47,11 +49,18 @@ fn rust_steps_per_s(cfg: &Config, device: Device, warmup: usize, steps: usize) -
     let shape = [b, m.in_channels, m.input_size, m.input_size];
     let step = |opt: &mut Adam| {
         let x = Tensor::rand(shape, (Kind::Float, device)) * 2.0 - 1.0;
+        let (x, aug) = match &cfg.train.augment {
+            Some(a) => {
+                let o = meanflow::augment::augment(a, &x);
+                (o.images, Some(o.labels))
+            }
+            None => (x, None),
+        };
         let labels = (m.num_classes > 0).then(|| Tensor::randint(m.num_classes, [b], (Kind::Int64, device)));
         let mf = &cfg.meanflow;
         let pair = sample_pair(mf.pair_sampler, mf.ratio, &mf.time_sampler, &mf.time_sampler, b, device);
         let dropped = obj.guidance.as_ref().map(|g| g.draw_drop_mask(b, device));
-        let d = Draws { e: x.randn_like(), x, t: pair.t, r: pair.r, labels, dropped };
+        let d = Draws { e: x.randn_like(), x, t: pair.t, r: pair.r, labels, dropped, aug };
         let out = {
             let _autocast = Autocast::for_precision(device, cfg.train.precision).unwrap();
             obj.compute(net.as_ref(), &d, true).unwrap()
@@ -131,7 +140,41 @@ fn gpu_workloads() -> Vec<Workload> {
     out
 }
 
+/// `MEANFLOW_BENCH_SET=unet-cifar10`: the CIFAR-10 SongUNet (55.9M, augmentation on) and
+/// DiT-B/4 on 32x32x4, batch 8 each, our step only (no PyTorch reference), 1 + 3 steps.
+fn unet_cifar10_workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "SongUNet CIFAR-10 (paper.yaml), batch 8",
+            config: "configs/cifar10/paper.yaml",
+            overrides: ["data.dataset=fashion_mnist", "train.batch_size=8", "train.device=cpu"].map(String::from).to_vec(),
+        },
+        Workload {
+            name: "DiT-B/4, batch 8, 32x32x4, uncond.",
+            config: "configs/fashion_mnist.yaml",
+            overrides: ["model={name: DiT-B/4, in_channels: 4, input_size: 32, num_classes: 0}", "train.batch_size=8", "guidance=null"]
+                .map(String::from)
+                .to_vec(),
+        },
+    ]
+}
+
 fn main() {
+    if std::env::var("MEANFLOW_BENCH_SET").as_deref() == Ok("unet-cifar10") {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        println!("meanflow bench-train (ours only): {} CPU threads; seconds per training step", tch::get_num_threads());
+        for w in unet_cifar10_workloads() {
+            let cfg = config::load(&root.join(w.config), &w.overrides).unwrap();
+            let spec = cfg.model.spec("bench").unwrap();
+            let vs = VarStore::new(Device::Cpu);
+            let _ = models::build(&vs.root(), &spec).unwrap();
+            let n = models::num_params(&vs);
+            drop(vs);
+            let (steps_per_s, _) = rust_steps_per_s(&cfg, Device::Cpu, 1, 3);
+            println!("{:<44} {:>12} params {:>8.2} s/step (ratio {})", w.name, n, 1.0 / steps_per_s, cfg.meanflow.ratio);
+        }
+        return;
+    }
     let root = std::env::var_os("MEANFLOW_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     let python = std::env::var_os("MEANFLOW_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
     let threads = tch::get_num_threads();

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::augment::AugmentConfig;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::loss::Tangent;
-use crate::models::{dit, DitSize, DitSpec, MlpSpec, ModelSpec, TimeInput, UnetSpec};
+use crate::models::{dit, DitSize, DitSpec, MlpSpec, ModelSpec, SongUnetSpec, TimeInput, UnetSpec};
 use crate::time::{PairSampler, TimeSampler};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +90,47 @@ pub struct ModelConfig {
     // MLP (also uses `hidden`)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<i64>,
+    // SongUNet ("songunet"); defaults are the official MeanFlow CIFAR-10 network:
+    // model_channels 128, channel_mult [2,2,2], channel_mult_emb 4, num_blocks 4,
+    // attn_resolutions [16], dropout 0.2, channel_mult_noise 2, resample_filter [1,3,3,1],
+    // augment_dim 0 (6 with the paper's augmentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_channels: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_mult: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_mult_emb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_blocks: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_resolutions: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_mult_noise: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample_filter: Option<Vec<f64>>,
+    /// Width of the augmentation labels the network reads; must equal the label width of
+    /// `train.augment` when that is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_dim: Option<i64>,
+}
+
+impl ModelConfig {
+    /// (key, set) for every SongUNet-only key.
+    fn songunet_keys(&self) -> [(&'static str, bool); 9] {
+        [
+            ("model_channels", self.model_channels.is_some()),
+            ("channel_mult", self.channel_mult.is_some()),
+            ("channel_mult_emb", self.channel_mult_emb.is_some()),
+            ("num_blocks", self.num_blocks.is_some()),
+            ("attn_resolutions", self.attn_resolutions.is_some()),
+            ("dropout", self.dropout.is_some()),
+            ("channel_mult_noise", self.channel_mult_noise.is_some()),
+            ("resample_filter", self.resample_filter.is_some()),
+            ("augment_dim", self.augment_dim.is_some()),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +262,10 @@ pub struct TrainConfig {
     pub threads: Option<i32>,
     /// Where the run folder goes.
     pub run_dir: PathBuf,
+    /// EDM augmentation of each data batch, its labels fed to the network (needs a model
+    /// with `model.augment_dim` equal to the label width); absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentConfig>,
 }
 
 fn betas() -> [f64; 2] {
@@ -488,7 +534,19 @@ impl Config {
                 c.ensure(n >= 1, "dist.emulate_world_size", || format!("must be >= 1, got {n}"))?;
             }
         }
-        self.model.spec_with(source).map(|_| ())
+        let spec = self.model.spec_with(source)?;
+        if let Some(a) = &t.augment {
+            if let Some((k, msg)) = a.invalid() {
+                return Err(Error::config(source(&format!("train.augment.{k}")), format!("train.augment.{k}"), msg));
+            }
+            c.ensure(spec.augment_dim() > 0, "train.augment", || {
+                format!("model {:?} has no augmentation-label input (model.augment_dim; only songunet has one)", self.model.name)
+            })?;
+            c.ensure(spec.augment_dim() == a.label_dim(), "model.augment_dim", || {
+                format!("is {} but train.augment produces {} labels", spec.augment_dim(), a.label_dim())
+            })?;
+        }
+        Ok(())
     }
 
     /// An error about `key` of this config, naming where the config came from.
@@ -525,7 +583,7 @@ impl ModelConfig {
             Error::config(
                 source("model.name"),
                 "model.name",
-                format!("unknown model {name:?}; known: dit, unet, mlp, {}", dit::NAMED_SIZES.join(", ")),
+                format!("unknown model {name:?}; known: dit, unet, mlp, songunet, {}", dit::NAMED_SIZES.join(", ")),
             )
         };
         if name.starts_with("DiT-") && dit::named_size(name).is_none() {
@@ -538,6 +596,7 @@ impl ModelConfig {
                 ("groups", self.groups.is_some()),
                 ("layers", self.layers.is_some()),
             ])?;
+            unused(&self.songunet_keys())?;
             let preset = if name == "dit" {
                 None
             } else {
@@ -580,6 +639,7 @@ impl ModelConfig {
                     ("mlp_ratio", self.mlp_ratio.is_some()),
                     ("layers", self.layers.is_some()),
                 ])?;
+                unused(&self.songunet_keys())?;
                 let channels = self
                     .channels
                     .clone()
@@ -617,6 +677,7 @@ impl ModelConfig {
                     ("blocks_per_level", self.blocks_per_level.is_some()),
                     ("groups", self.groups.is_some()),
                 ])?;
+                unused(&self.songunet_keys())?;
                 Ok(ModelSpec::Mlp(MlpSpec {
                     dim: self.in_channels,
                     hidden: need(Some(self.hidden.unwrap_or(256)), "hidden")?,
@@ -624,6 +685,64 @@ impl ModelConfig {
                     num_classes: self.num_classes,
                     time_input: self.time_input,
                 time_scale: self.time_scale,
+                }))
+            }
+            "songunet" => {
+                unused(&[
+                    ("depth", self.depth.is_some()),
+                    ("hidden", self.hidden.is_some()),
+                    ("heads", self.heads.is_some()),
+                    ("patch", self.patch.is_some()),
+                    ("mlp_ratio", self.mlp_ratio.is_some()),
+                    ("channels", self.channels.is_some()),
+                    ("blocks_per_level", self.blocks_per_level.is_some()),
+                    ("groups", self.groups.is_some()),
+                    ("layers", self.layers.is_some()),
+                ])?;
+                let d = SongUnetSpec::meanflow_cifar10();
+                let model_channels = need(Some(self.model_channels.unwrap_or(d.model_channels)), "model_channels")?;
+                let channel_mult = self.channel_mult.clone().unwrap_or(d.channel_mult);
+                c.ensure(!channel_mult.is_empty() && channel_mult.iter().all(|&m| m > 0), "model.channel_mult", || {
+                    format!("must be a non-empty list of positive multipliers, got {channel_mult:?}")
+                })?;
+                for m in channel_mult.iter().chain([&1]) {
+                    let ch = model_channels * m;
+                    let groups = 32.min(ch / 4);
+                    c.ensure(groups >= 1 && ch % groups == 0, "model.model_channels", || {
+                        format!("{ch} channels (model_channels x {m}) need min(32, C/4) = {groups} group-norm groups to divide C")
+                    })?;
+                }
+                let input_size = need(Some(self.input_size), "input_size")?;
+                let halvings = channel_mult.len() as u32 - 1;
+                c.ensure(input_size % (1 << halvings) == 0, "model.input_size", || {
+                    format!("{input_size} cannot be halved {halvings} times (one per extra level in model.channel_mult)")
+                })?;
+                let dropout = self.dropout.unwrap_or(d.dropout);
+                c.ensure((0.0..1.0).contains(&dropout), "model.dropout", || format!("must be in [0, 1), got {dropout}"))?;
+                let resample_filter = self.resample_filter.clone().unwrap_or(d.resample_filter);
+                c.ensure(
+                    resample_filter.len() >= 2 && resample_filter.len() % 2 == 0 && resample_filter.iter().sum::<f64>() != 0.0,
+                    "model.resample_filter",
+                    || format!("needs an even number (>= 2) of taps with a non-zero sum, got {resample_filter:?}"),
+                )?;
+                let augment_dim = self.augment_dim.unwrap_or(0);
+                c.ensure(augment_dim >= 0, "model.augment_dim", || format!("must be >= 0, got {augment_dim}"))?;
+                let attn_resolutions = self.attn_resolutions.clone().unwrap_or(d.attn_resolutions);
+                Ok(ModelSpec::SongUnet(SongUnetSpec {
+                    img_resolution: input_size,
+                    in_channels: self.in_channels,
+                    num_classes: self.num_classes,
+                    augment_dim,
+                    model_channels,
+                    channel_mult,
+                    channel_mult_emb: need(Some(self.channel_mult_emb.unwrap_or(d.channel_mult_emb)), "channel_mult_emb")?,
+                    num_blocks: need(Some(self.num_blocks.unwrap_or(d.num_blocks)), "num_blocks")?,
+                    attn_resolutions,
+                    dropout,
+                    channel_mult_noise: need(Some(self.channel_mult_noise.unwrap_or(d.channel_mult_noise)), "channel_mult_noise")?,
+                    resample_filter,
+                    time_input: self.time_input,
+                    time_scale: self.time_scale,
                 }))
             }
             _ => Err(unknown()),

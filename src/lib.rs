@@ -1,6 +1,7 @@
 //! MeanFlow one-step generative modeling (Geng et al., 2025) on libtorch.
 //!
 //! Time convention throughout: t = 0 is data, t = 1 is noise; z_t = (1 - t) x + t e.
+pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -53,6 +53,9 @@ pub struct Draws {
     pub labels: Option<Tensor>,
     /// `[B]` bool, true where the label is replaced by the null class.
     pub dropped: Option<Tensor>,
+    /// `[B, augment_dim]` augmentation labels of `x` (EDM's augment pipe), fed to the
+    /// network as conditioning; `None` when the data was not augmented.
+    pub aug: Option<Tensor>,
 }
 
 /// What one evaluation of the objective produced.
@@ -98,8 +101,8 @@ impl MeanFlowLoss {
 
         let labels_in = labels_in.as_ref();
         let (u, dudt) = match self.jvp_rows {
-            JvpRows::All => self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in, train)?,
-            JvpRows::MeanFlowOnly => self.u_and_dudt_split(net, &z, &d.t, &d.r, &v_g, labels_in, train)?,
+            JvpRows::All => self.u_and_dudt(net, &z, &d.t, &d.r, &v_g, labels_in, d.aug.as_ref(), train)?,
+            JvpRows::MeanFlowOnly => self.u_and_dudt_split(net, &z, &d.t, &d.r, &v_g, labels_in, d.aug.as_ref(), train)?,
         };
 
         // u_tgt = v - (t - r) du/dt; (JAX) clips t - r to [0, 1]. sg(u_tgt): no gradient.
@@ -123,24 +126,34 @@ impl MeanFlowLoss {
         r: &Tensor,
         v_g: &Tensor,
         labels: Option<&Tensor>,
+        aug: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
         let mf = t.ne_tensor(r);
         let n_mf = i64::try_from(mf.sum(tch::Kind::Int64))?; // one host sync
         if n_mf == t.size()[0] {
-            return self.u_and_dudt(net, z, t, r, v_g, labels, train);
+            return self.u_and_dudt(net, z, t, r, v_g, labels, aug, train);
         }
         if n_mf == 0 {
-            return Ok((net.forward(z, t, r, labels, train).to_kind(z.kind()), z.zeros_like()));
+            return Ok((net.forward_aug(z, t, r, labels, aug, train).to_kind(z.kind()), z.zeros_like()));
         }
         let i_mf = mf.nonzero().squeeze_dim(1);
         let i_fm = mf.logical_not().nonzero().squeeze_dim(1);
         let rows = |x: &Tensor, i: &Tensor| x.index_select(0, i);
         let l_mf = labels.map(|l| rows(l, &i_mf));
         let l_fm = labels.map(|l| rows(l, &i_fm));
-        let u_fm = net.forward(&rows(z, &i_fm), &rows(t, &i_fm), &rows(r, &i_fm), l_fm.as_ref(), train);
-        let (u_mf, dudt_mf) =
-            self.u_and_dudt(net, &rows(z, &i_mf), &rows(t, &i_mf), &rows(r, &i_mf), &rows(v_g, &i_mf), l_mf.as_ref(), train)?;
+        let (a_mf, a_fm) = (aug.map(|a| rows(a, &i_mf)), aug.map(|a| rows(a, &i_fm)));
+        let u_fm = net.forward_aug(&rows(z, &i_fm), &rows(t, &i_fm), &rows(r, &i_fm), l_fm.as_ref(), a_fm.as_ref(), train);
+        let (u_mf, dudt_mf) = self.u_and_dudt(
+            net,
+            &rows(z, &i_mf),
+            &rows(t, &i_mf),
+            &rows(r, &i_mf),
+            &rows(v_g, &i_mf),
+            l_mf.as_ref(),
+            a_mf.as_ref(),
+            train,
+        )?;
         // index_copy is differentiable in its source: gradients flow back to both parts.
         // Under autocast the plain forward comes out in bf16; the dual one is float32.
         let u = z.zeros_like().index_copy(0, &i_fm, &u_fm.to_kind(z.kind())).index_copy(0, &i_mf, &u_mf);
@@ -158,11 +171,13 @@ impl MeanFlowLoss {
         r: &Tensor,
         v_g: &Tensor,
         labels: Option<&Tensor>,
+        aug: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
         let (dr, dt) = self.tangent.time_parts();
         let (tan_t, tan_r) = (t.full_like(dt), r.full_like(dr));
-        let out = jvp(|p| Ok(net.forward(&p[0], &p[1], &p[2], labels, train)), &[z, t, r], &[v_g, &tan_t, &tan_r])?;
+        // Dropout draws its mask once in this single dual pass: u and du/dt share it.
+        let out = jvp(|p| Ok(net.forward_aug(&p[0], &p[1], &p[2], labels, aug, train)), &[z, t, r], &[v_g, &tan_t, &tan_r])?;
         Ok((out.output, out.tangent))
     }
 }
@@ -182,7 +197,7 @@ pub enum JvpRows {
 pub fn flow_matching(net: &dyn MeanFlowNet, d: &Draws, norm_p: f64, norm_eps: f64, train: bool) -> LossOutput {
     let z = interpolate(&d.x, &d.e, &d.t);
     let v = velocity(&d.x, &d.e);
-    let u = net.forward(&z, &d.t, &d.t, d.labels.as_ref(), train);
+    let u = net.forward_aug(&z, &d.t, &d.t, d.labels.as_ref(), d.aug.as_ref(), train);
     let mut out = weighted(&u, &v, norm_p, norm_eps);
     out.v_loss = out.mse.shallow_clone();
     out

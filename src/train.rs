@@ -96,10 +96,19 @@ fn concat_draws(parts: Vec<Draws>) -> Draws {
         r: cat(&|d| &d.r),
         labels: cat_opt(&|d| &d.labels),
         dropped: cat_opt(&|d| &d.dropped),
+        aug: cat_opt(&|d| &d.aug),
     }
 }
 
 fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: Option<Tensor>) -> Draws {
+    // EDM augmentation first (its draws precede the others); the labels condition the net.
+    let (x, aug) = match &cfg.train.augment {
+        Some(a) => {
+            let out = crate::augment::augment(a, &x);
+            (out.images, Some(out.labels))
+        }
+        None => (x, None),
+    };
     let b = x.size()[0];
     let device = x.device();
     let m = &cfg.meanflow;
@@ -110,7 +119,7 @@ fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: O
         (Some(g), Some(_)) => Some(g.draw_drop_mask(b, device)),
         _ => None,
     };
-    Draws { x, e, t: pair.t.to_kind(Kind::Float), r: pair.r.to_kind(Kind::Float), labels, dropped }
+    Draws { x, e, t: pair.t.to_kind(Kind::Float), r: pair.r.to_kind(Kind::Float), labels, dropped, aug }
 }
 
 /// Batches of one epoch drawn without replacement; the last partial batch is dropped.

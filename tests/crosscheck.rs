@@ -168,6 +168,7 @@ fn run_rust(c: &Case, dir: &Path, seed: i64) -> Ours {
         labels: Some(Tensor::randint(CLASSES, [b], (Kind::Int64, dev))),
         // About a third of the labels dropped, so guided and dropped rows both occur.
         dropped: c.guidance.map(|_| Tensor::rand([b], (Kind::Float, dev)).lt(0.35)),
+        aug: None,
     };
     // An interval that leaves rows outside it.
     let (t_min, t_max) = (0.2, 0.8);

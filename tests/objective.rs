@@ -29,6 +29,7 @@ fn draws(kind: Kind, b: i64, ratio: f64, labels: bool) -> Draws {
         r: pair.r.to_kind(kind),
         labels: labels.then(|| Tensor::arange(b, (Kind::Int64, Device::Cpu)).remainder(3)),
         dropped: None,
+        aug: None,
     }
 }
 

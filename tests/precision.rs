@@ -24,6 +24,7 @@ fn setup() -> (VarStore, Unet, Draws) {
         r,
         labels: None,
         dropped: None,
+        aug: None,
     };
     (vs, net, d)
 }

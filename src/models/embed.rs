@@ -32,6 +32,25 @@ impl TimeInput {
     }
 }
 
+impl TimeInput {
+    /// The times this choice feeds the network, in slot order: e.g. [t, t - r] for "t,t-r".
+    pub fn times(self, t: &Tensor, r: &Tensor) -> Vec<Tensor> {
+        self.slots()
+            .iter()
+            .map(|(_, slot)| match slot {
+                Slot::T => t.shallow_clone(),
+                Slot::R => r.shallow_clone(),
+                Slot::H => t - r,
+            })
+            .collect()
+    }
+
+    /// How many times are embedded.
+    pub fn count(self) -> i64 {
+        self.slots().len() as i64
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     T,

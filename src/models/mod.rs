@@ -3,6 +3,7 @@
 pub mod dit;
 pub mod embed;
 pub mod mlp;
+pub mod songunet;
 pub mod unet;
 
 use tch::{nn, Tensor};
@@ -10,6 +11,7 @@ use tch::{nn, Tensor};
 pub use dit::{Dit, DitSize, DitSpec};
 pub use embed::TimeInput;
 pub use mlp::{MlpNet, MlpSpec};
+pub use songunet::{SongUnet, SongUnetSpec};
 pub use unet::{Unet, UnetSpec};
 
 use crate::error::Result;
@@ -19,6 +21,19 @@ pub trait MeanFlowNet: Send {
     /// z: `[B, ...]`, t and r: `[B]` with t >= r, labels: `[B]` class ids (the null
     /// class = num_classes) or `None` for an unconditional network. Returns u, shaped as z.
     fn forward(&self, z: &Tensor, t: &Tensor, r: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+
+    /// As `forward`, with augmentation labels `[B, augment_dim]` (EDM's augment pipe) as
+    /// extra conditioning; `None` means "not augmented". Only networks with
+    /// `augment_dim() > 0` read them; the config refuses augmentation for the others.
+    fn forward_aug(&self, z: &Tensor, t: &Tensor, r: &Tensor, labels: Option<&Tensor>, aug: Option<&Tensor>, train: bool) -> Tensor {
+        let _ = aug;
+        self.forward(z, t, r, labels, train)
+    }
+
+    /// Width of the augmentation labels the network reads (0 = none).
+    fn augment_dim(&self) -> i64 {
+        0
+    }
 }
 
 /// A resolved network description, built from the config.
@@ -27,6 +42,7 @@ pub enum ModelSpec {
     Dit(DitSpec),
     Unet(UnetSpec),
     Mlp(MlpSpec),
+    SongUnet(SongUnetSpec),
 }
 
 impl ModelSpec {
@@ -35,6 +51,15 @@ impl ModelSpec {
             ModelSpec::Dit(s) => s.num_classes,
             ModelSpec::Unet(s) => s.num_classes,
             ModelSpec::Mlp(s) => s.num_classes,
+            ModelSpec::SongUnet(s) => s.num_classes,
+        }
+    }
+
+    /// Width of the augmentation labels the network reads (0 = none).
+    pub fn augment_dim(&self) -> i64 {
+        match self {
+            ModelSpec::SongUnet(s) => s.augment_dim,
+            _ => 0,
         }
     }
 }
@@ -45,6 +70,7 @@ pub fn build(p: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn MeanFlowNet>> {
         ModelSpec::Dit(s) => Box::new(Dit::new(p, s)?),
         ModelSpec::Unet(s) => Box::new(Unet::new(p, s)?),
         ModelSpec::Mlp(s) => Box::new(MlpNet::new(p, s)),
+        ModelSpec::SongUnet(s) => Box::new(SongUnet::new(p, s)?),
     })
 }
 

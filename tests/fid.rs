@@ -255,7 +255,8 @@ np.savez(sys.argv[3], mu=f.mean(0), sigma=np.cov(f, rowvar=False), feats=f, u8=u
     let err = (&feats - &pyf).abs().max().double_value(&[]) / pyf.abs().max().double_value(&[]);
     assert!(err < 1e-5, "features differ from PyTorch's by {err}");
     // Statistics accumulated batch by batch, against numpy on PyTorch's features.
-    let ours = meanflow::eval::image_stats(&inception, &to_uint8(&x), true).unwrap();
+    let set = meanflow::eval::images::ImageSet::from_tensor(to_uint8(&x));
+    let ours = meanflow::eval::image_stats(&inception, &set, None, true).unwrap();
     let theirs = Stats::read_npz(&reference).unwrap();
     let rel = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]);
     assert!(rel(&ours.mu, &theirs.mu) < 1e-5 && rel(&ours.sigma, &theirs.sigma) < 1e-4);
@@ -373,6 +374,9 @@ fn fid_stats_eval_fid_and_plot_from_the_command_line() {
     image::GrayImage::new(9, 8).save(pngs.join("999.png")).unwrap();
     let (ok, out) = cli(&["fid-stats", "--inception", m, "--images", pngs.to_str().unwrap(), "--out", png_npz.to_str().unwrap()]);
     assert!(!ok && out.contains("999.png") && out.contains("[1, 8, 9]"), "{out}");
+    // PNGs are decoded batch by batch: with --limit the odd file (sorted last) is never read.
+    let (ok, out) = cli(&["fid-stats", "--inception", m, "--images", pngs.to_str().unwrap(), "--limit", "29", "--out", png_npz.to_str().unwrap()]);
+    assert!(ok && out.contains("29 images"), "{out}");
 
     // eval --fid: printed and in the JSON report.
     let report = tmp.path().join("fid.json");

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use meanflow::checkpoint::Weights;
 use meanflow::config::DeviceChoice;
 use meanflow::data::{self, DatasetKind, Split};
-use meanflow::eval::{self, classifier::Classifier, frechet::Stats, inception::Inception};
+use meanflow::eval::{self, classifier::Classifier, frechet::Stats, images::ImageSet, inception::Inception};
 use meanflow::{checkpoint, config, models, sample, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -307,8 +307,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::FidStats { inception, images, dataset, root, split, limit, out } => {
             let device = Device::cuda_if_available();
             let extractor = Inception::load(&inception, device)?;
-            let (mut imgs, source) = match (images, dataset) {
-                (Some(p), _) => (eval::images::load_uint8(&p)?, p.display().to_string()),
+            let (set, source) = match (images, dataset) {
+                (Some(p), _) => (ImageSet::open(&p)?, p.display().to_string()),
                 (None, Some(d)) => {
                     let kind: DatasetKind = serde_yaml::from_str(&d).map_err(|_| anyhow::anyhow!("--dataset must be fashion_mnist or mnist, got {d:?}"))?;
                     let split = match split.as_str() {
@@ -317,17 +317,15 @@ fn run(cli: Cli) -> Result<()> {
                         other => anyhow::bail!("--split must be train or test, got {other:?}"),
                     };
                     let set = data::load_mnist_like(kind, &root, split)?;
-                    (eval::inception::to_uint8(&set.images), format!("{d} ({})", root.display()))
+                    (ImageSet::from_tensor(eval::inception::to_uint8(&set.images)), format!("{d} ({})", root.display()))
                 }
                 (None, None) => unreachable!("clap requires --images or --dataset"),
             };
-            if let Some(n) = limit {
-                anyhow::ensure!(n >= 2, "--limit must be >= 2");
-                imgs = imgs.narrow(0, 0, n.min(imgs.size()[0]));
-            }
-            let stats = eval::image_stats(&extractor, &imgs, false)?;
+            anyhow::ensure!(limit.is_none_or(|n| n >= 2), "--limit must be >= 2");
+            let n = limit.map_or(set.len(), |l| l.min(set.len()));
+            let stats = eval::image_stats(&extractor, &set, limit, false)?;
             stats.write_npz(&out)?;
-            println!("wrote {} ({} images of {source}, {} features)", out.display(), imgs.size()[0], stats.mu.size()[0]);
+            println!("wrote {} ({n} images of {source}, {} features)", out.display(), stats.mu.size()[0]);
         }
         Cmd::Plot { run_dir, out } => {
             let (png, n) = meanflow::plot::plot_run(&run_dir, out.as_deref())?;

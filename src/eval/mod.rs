@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::models::MeanFlowNet;
 use classifier::Classifier;
 use frechet::{frechet_distance, Stats};
+use images::ImageSet;
 use inception::Inception;
 use stats::StatsAccumulator;
 
@@ -149,16 +150,17 @@ pub fn evaluate_fid(
     Ok(FidReport { sampler, nfe, num_samples, fid, feature_dim, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Feature statistics of uint8 images `[N, C, H, W]` (C = 1 or 3), with a progress bar:
-/// how reference statistics are made (`meanflow fid-stats`).
-pub fn image_stats(extractor: &Inception, images: &Tensor, quiet: bool) -> Result<Stats> {
-    let n = images.size()[0];
+/// Feature statistics of the first `limit` (default all) images of a set, fed in batches
+/// of `inception::BATCH`, with a progress bar: how reference statistics are made
+/// (`meanflow fid-stats`).
+pub fn image_stats(extractor: &Inception, images: &ImageSet, limit: Option<i64>, quiet: bool) -> Result<Stats> {
+    let n = limit.map_or(images.len(), |l| l.min(images.len()));
     let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(n as u64) };
     pb.set_style(ProgressStyle::with_template("features {bar:30} {pos}/{len} ({per_sec}, eta {eta})").expect("valid template"));
     let mut acc = StatsAccumulator::new();
     for start in (0..n).step_by(inception::BATCH as usize) {
         let b = (n - start).min(inception::BATCH);
-        acc.add(&extractor.features_uint8(&images.narrow(0, start, b))?)?;
+        acc.add(&extractor.features_uint8(&images.batch(start, b)?)?)?;
         pb.inc(b as u64);
     }
     pb.finish_and_clear();

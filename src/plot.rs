@@ -45,6 +45,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsPoint>> {
     Ok(points)
 }
 
+/// A curve: its legend name, colour and (step, value) points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
 fn register_font() {
     static FONT: Once = Once::new();
     FONT.call_once(|| {
@@ -58,7 +61,7 @@ fn register_font() {
 pub fn plot_metrics(points: &[MetricsPoint], title: &str, out: &Path, (width, height): (u32, u32)) -> Result<()> {
     register_font();
     let err = |e: &dyn std::fmt::Display| Error::file(out, format!("plotting failed: {e}"));
-    let series: [(&str, RGBColor, Vec<(f64, f64)>); 3] = [
+    let series: [Series; 3] = [
         ("loss", RGBColor(31, 119, 180), points.iter().map(|p| (p.step as f64, p.loss)).collect()),
         ("mse", RGBColor(255, 127, 14), points.iter().map(|p| (p.step as f64, p.mse)).collect()),
         ("v-loss", RGBColor(44, 160, 44), points.iter().map(|p| (p.step as f64, p.v_loss)).collect()),

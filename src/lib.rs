@@ -16,6 +16,7 @@ pub mod loss;
 pub mod models;
 pub mod optim;
 pub mod path;
+pub mod plot;
 pub mod precision;
 pub mod rng;
 pub mod sample;

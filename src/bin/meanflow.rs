@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use meanflow::checkpoint::Weights;
 use meanflow::config::DeviceChoice;
 use meanflow::data::{self, DatasetKind, Split};
-use meanflow::eval::{self, classifier::Classifier, frechet::Stats};
+use meanflow::eval::{self, classifier::Classifier, frechet::Stats, images::ImageSet, inception::Inception};
 use meanflow::{checkpoint, config, models, sample, sweep, train};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -92,13 +92,22 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sample a checkpoint and score it: FD-FMNIST and class accuracy, plus a JSON report.
+    /// Sample a checkpoint and score it: FD-FMNIST and class accuracy, or FID (--fid), plus a JSON report.
     Eval {
         #[arg(long)]
         checkpoint: PathBuf,
-        /// A file written by `train-classifier`.
+        /// A file written by `train-classifier` (FD-FMNIST; not with --fid).
+        #[arg(long, required_unless_present = "fid", conflicts_with = "fid")]
+        classifier: Option<PathBuf>,
+        /// FID instead: features from --inception, Frechet distance to --ref.
+        #[arg(long, requires_all = ["inception", "reference"])]
+        fid: bool,
+        /// A TorchScript feature extractor (tools/export_inception.py): uint8 [B,3,H,W] in, [B,D] out.
         #[arg(long)]
-        classifier: PathBuf,
+        inception: Option<PathBuf>,
+        /// Reference statistics (.npz with mu and sigma: pytorch-fid, EDM, ADM, `fid-stats`).
+        #[arg(long = "ref")]
+        reference: Option<PathBuf>,
         /// Sampling steps (for meanflow and euler also the NFE).
         #[arg(long, visible_alias = "steps", default_value_t = 1)]
         nfe: usize,
@@ -135,6 +144,38 @@ enum Cmd {
         /// CPU threads [default: the first run's train.threads, else libtorch's].
         #[arg(long)]
         threads: Option<i32>,
+    },
+    /// Write FID reference statistics (.npz: mu, sigma in float64) of a set of images.
+    FidStats {
+        /// The TorchScript feature extractor (tools/export_inception.py).
+        #[arg(long)]
+        inception: PathBuf,
+        /// A folder of PNG images (all the same size), or an .npz whose arr_0 is uint8
+        /// [N, H, W, C] images (ADM/EDM sample batches).
+        #[arg(long, conflicts_with = "dataset", required_unless_present = "dataset")]
+        images: Option<PathBuf>,
+        /// Or a dataset: fashion_mnist or mnist (its training split, or --split test).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Folder with the dataset's IDX files.
+        #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+        root: PathBuf,
+        /// train or test.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Use only the first N images.
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The .npz to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Plot loss, mse and v-loss against step from RUN_DIR/metrics.jsonl into a PNG.
+    Plot {
+        run_dir: PathBuf,
+        /// The PNG to write [default: RUN_DIR/metrics.png].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print the libtorch build, devices and thread count.
     Info,
@@ -294,9 +335,24 @@ fn run(cli: Cli) -> Result<()> {
             clf.save(&out, &Stats::from_features(&feats)?)?;
             println!("test accuracy {:.2}% on {} images; wrote {}", 100.0 * acc, test_set.len(), out.display());
         }
-        Cmd::Eval { checkpoint: ckpt, classifier, nfe, sampler, num_samples, seed, weights, out } => {
+        Cmd::Eval { checkpoint: ckpt, classifier, fid, inception, reference, nfe, sampler, num_samples, seed, weights, out } => {
             anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
             anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
+            if fid {
+                let dir = checkpoint::resolve(&ckpt)?;
+                let state = checkpoint::read_state(&dir)?;
+                let cfg = &state.config;
+                let device = Device::cuda_if_available();
+                let spec = cfg.model.spec(&cfg.source)?;
+                let vs = VarStore::new(device);
+                let net = models::build(&vs.root(), &spec)?;
+                let file = checkpoint::weights_file(&dir, &state, weights.which())?;
+                checkpoint::load_vars(&vs, &file)?;
+                let (inception, reference) = (inception.expect("clap requires it"), reference.expect("clap requires it"));
+                let fid_args = FidArgs { dir: &dir, state: &state, weights: &file, inception: &inception, reference: &reference };
+                return eval_fid(net.as_ref(), &spec, fid_args, sampler, nfe, num_samples, seed, device, out);
+            }
+            let classifier = classifier.expect("clap requires --classifier without --fid");
             let r = eval::evaluate_checkpoint(&ckpt, weights.which(), &classifier, sampler, nfe, num_samples, seed, false)?;
             let rep = &r.report;
             let acc = rep.class_accuracy.map(|a| format!(", class accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
@@ -364,6 +420,33 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::FidStats { inception, images, dataset, root, split, limit, out } => {
+            let device = Device::cuda_if_available();
+            let extractor = Inception::load(&inception, device)?;
+            let (set, source) = match (images, dataset) {
+                (Some(p), _) => (ImageSet::open(&p)?, p.display().to_string()),
+                (None, Some(d)) => {
+                    let kind: DatasetKind = serde_yaml::from_str(&d).map_err(|_| anyhow::anyhow!("--dataset must be fashion_mnist or mnist, got {d:?}"))?;
+                    let split = match split.as_str() {
+                        "train" => Split::Train,
+                        "test" => Split::Test,
+                        other => anyhow::bail!("--split must be train or test, got {other:?}"),
+                    };
+                    let set = data::load_mnist_like(kind, &root, split)?;
+                    (ImageSet::from_tensor(eval::inception::to_uint8(&set.images)), format!("{d} ({})", root.display()))
+                }
+                (None, None) => unreachable!("clap requires --images or --dataset"),
+            };
+            anyhow::ensure!(limit.is_none_or(|n| n >= 2), "--limit must be >= 2");
+            let n = limit.map_or(set.len(), |l| l.min(set.len()));
+            let stats = eval::image_stats(&extractor, &set, limit, false)?;
+            stats.write_npz(&out)?;
+            println!("wrote {} ({n} images of {source}, {} features)", out.display(), stats.mu.size()[0]);
+        }
+        Cmd::Plot { run_dir, out } => {
+            let (png, n) = meanflow::plot::plot_run(&run_dir, out.as_deref())?;
+            println!("wrote {} ({n} logged steps)", png.display());
+        }
         Cmd::Info => {
             println!("meanflow {}", env!("CARGO_PKG_VERSION"));
             println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
@@ -374,5 +457,51 @@ fn run(cli: Cli) -> Result<()> {
             let _ = sample::time_grid(1);
         }
     }
+    Ok(())
+}
+
+/// What `eval --fid` reports about its inputs.
+struct FidArgs<'a> {
+    dir: &'a std::path::Path,
+    state: &'a checkpoint::TrainState,
+    weights: &'a std::path::Path,
+    inception: &'a std::path::Path,
+    reference: &'a std::path::Path,
+}
+
+/// `eval --fid`: samples through the TorchScript extractor, FID against the reference
+/// `.npz`, printed and written to the JSON report (default eval[_euler]_fid_nfe<K>.json).
+#[allow(clippy::too_many_arguments)]
+fn eval_fid(
+    net: &dyn models::MeanFlowNet,
+    spec: &models::ModelSpec,
+    a: FidArgs,
+    sampler: eval::Sampler,
+    nfe: usize,
+    num_samples: i64,
+    seed: u64,
+    device: Device,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    let extractor = Inception::load(a.inception, device)?;
+    let reference = Stats::read_npz(a.reference)?;
+    let m = &a.state.config.model;
+    let shape = [m.in_channels, m.input_size, m.input_size];
+    let report = eval::evaluate_fid(net, spec.num_classes(), shape, sampler, nfe, num_samples, seed, &extractor, &reference, device, false)?;
+    println!(
+        "{} {nfe} steps ({}-NFE), {num_samples} samples: FID {:.3} ({}-d features, {:.1} s)",
+        sampler.name(),
+        report.nfe,
+        report.fid,
+        report.feature_dim,
+        report.seconds
+    );
+    let out = out.unwrap_or_else(|| a.dir.join(eval::report_file_name(sampler, nfe).replacen("eval_", "eval_fid_", 1)));
+    let json = serde_json::json!({
+        "checkpoint": a.dir, "weights": a.weights, "inception": a.inception, "reference": a.reference,
+        "step": a.state.step, "report": report,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
+    println!("report: {}", out.display());
     Ok(())
 }

@@ -26,3 +26,5 @@ pub const STREAM_INIT: u64 = 1;
 pub const STREAM_EPOCH: u64 = 2;
 pub const STREAM_STEP: u64 = 3;
 pub const STREAM_SAMPLE: u64 = 4;
+/// Horizontal flips of the training batches (`data.hflip`).
+pub const STREAM_FLIP: u64 = 5;

@@ -1,11 +1,14 @@
 //! The training loop, top to bottom in execution order.
 //!
-//! Determinism: the data order of epoch k is a permutation seeded from (seed, k), and
+//! Determinism: the data order of epoch k is a permutation seeded from (seed, k) (also
+//! for data read by background threads: see `data::prefetch`), flips come from (seed,
+//! step, row), and
 //! every draw of step s (noise, t, r, dropped labels) is seeded from (seed, s). So a
 //! checkpoint's step number is its whole RNG state, and N steps + resume + N steps
 //! reproduce 2N steps exactly.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +16,10 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Config, DeviceChoice, OnNonFinite};
-use crate::data::{self, Dataset, Split};
+use crate::data::image_folder::ImageFolder;
+use crate::data::latents::Manifest;
+use crate::data::prefetch::{hflip_rows, Order, Prefetcher, Source};
+use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::guidance::Guidance;
@@ -86,35 +92,29 @@ fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: O
     Draws { x, e, t: pair.t.to_kind(Kind::Float), r: pair.r.to_kind(Kind::Float), labels, dropped }
 }
 
-/// Batches of one epoch drawn without replacement; the last partial batch is dropped.
-struct Batcher {
-    seed: u64,
-    batch: i64,
-    n: i64,
-    epoch: Option<(u64, Tensor)>,
+/// What the trainer needs to know of its data before the first batch.
+#[derive(Debug, Clone, Copy)]
+pub struct DataShape {
+    /// [C, H, W] of one sample.
+    pub item: [i64; 3],
+    pub len: i64,
+    pub num_classes: i64,
 }
 
-impl Batcher {
-    fn indices(&mut self, step: u64) -> Tensor {
-        let per_epoch = (self.n / self.batch) as u64;
-        let (epoch, i) = (step / per_epoch, (step % per_epoch) as i64);
-        if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let perm = rng::with_seed(rng::mix_seed(self.seed, rng::STREAM_EPOCH, epoch), || {
-                Tensor::randperm(self.n, (Kind::Int64, Device::Cpu))
-            });
-            self.epoch = Some((epoch, perm));
-        }
-        self.epoch.as_ref().unwrap().1.narrow(0, i * self.batch, self.batch)
+impl DataShape {
+    pub fn of(data: &Dataset) -> DataShape {
+        let s = data.images.size();
+        DataShape { item: [s[1], s[2], s[3]], len: data.len(), num_classes: data.num_classes }
     }
 }
 
-fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
-    let size = data.images.size();
-    if size[1] != cfg.model.in_channels {
-        return Err(cfg.error("model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
+fn check_data_matches_model(cfg: &Config, data: &DataShape) -> Result<()> {
+    let [c, h, w] = data.item;
+    if c != cfg.model.in_channels {
+        return Err(cfg.error("model.in_channels", format!("is {} but the data has {c} channel(s)", cfg.model.in_channels)));
     }
-    if size[2] != cfg.model.input_size || size[3] != cfg.model.input_size {
-        return Err(cfg.error("model.input_size", format!("is {} but the data is {}x{}", cfg.model.input_size, size[2], size[3])));
+    if h != cfg.model.input_size || w != cfg.model.input_size {
+        return Err(cfg.error("model.input_size", format!("is {} but the data is {h}x{w}", cfg.model.input_size)));
     }
     if cfg.model.num_classes != 0 && cfg.model.num_classes != data.num_classes {
         return Err(cfg.error(
@@ -122,10 +122,62 @@ fn check_data_matches_model(cfg: &Config, data: &Dataset) -> Result<()> {
             format!("is {} but the data has {} classes (use 0 for unconditional)", cfg.model.num_classes, data.num_classes),
         ));
     }
-    if data.len() < cfg.train.batch_size {
-        return Err(cfg.error("train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len())));
+    if data.len < cfg.train.batch_size {
+        return Err(cfg.error("train.batch_size", format!("{} exceeds the {} training images", cfg.train.batch_size, data.len)));
     }
     Ok(())
+}
+
+/// Where the batches of a run come from.
+pub enum TrainData {
+    /// Held in memory, moved to the device once, batches gathered there.
+    Memory(Dataset),
+    /// Read per batch by background threads (`data.workers`).
+    Stream { source: Arc<dyn Source>, workers: usize },
+}
+
+impl TrainData {
+    fn shape(&self) -> DataShape {
+        match self {
+            TrainData::Memory(d) => DataShape::of(d),
+            TrainData::Stream { source, .. } => {
+                DataShape { item: source.item_shape(), len: source.len() as i64, num_classes: source.num_classes() }
+            }
+        }
+    }
+}
+
+/// The batches of steps start, start + 1, ... on the training device.
+enum Batches {
+    Memory { images: Tensor, labels: Tensor, order: Order },
+    Stream(Prefetcher),
+}
+
+impl Batches {
+    fn new(data: TrainData, cfg: &Config, start: u64, device: Device) -> Batches {
+        let order = Order::new(cfg.seed, cfg.train.batch_size, data.shape().len);
+        match data {
+            TrainData::Memory(d) => Batches::Memory { images: d.images.to_device(device), labels: d.labels.to_device(device), order },
+            TrainData::Stream { source, workers } => {
+                Batches::Stream(Prefetcher::new(source, order, start, cfg.train.steps, workers, 2 * workers))
+            }
+        }
+    }
+
+    /// Images (float) and labels of `step`; steps are asked for in order.
+    fn get(&mut self, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
+        match self {
+            Batches::Memory { images, labels, order } => {
+                let idx = order.indices(step).to_device(device);
+                Ok((images.index_select(0, &idx).to_kind(Kind::Float), labels.index_select(0, &idx)))
+            }
+            Batches::Stream(p) => {
+                let (s, x, y) = p.next_batch()?;
+                debug_assert_eq!(s, step);
+                Ok((x.to_device(device), y.to_device(device)))
+            }
+        }
+    }
 }
 
 /// What may change on resume: the step budget, logging and checkpoint cadence, sampling.
@@ -187,24 +239,46 @@ fn diff_values(prefix: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: 
     }
 }
 
-/// Loads the training split named by the config.
-pub fn load_data(cfg: &Config) -> Result<Dataset> {
-    data::load_mnist_like(cfg.data.dataset, &cfg.data.root, Split::Train)
+/// Opens the data named by the config (the split `data.split`, default train). A latent
+/// set whose manifest disagrees with the config is refused before any shard is read.
+pub fn load_data(cfg: &Config) -> Result<TrainData> {
+    let d = &cfg.data;
+    let split = d.split.unwrap_or(Split::Train);
+    Ok(match d.dataset {
+        DatasetKind::FashionMnist | DatasetKind::Mnist => TrainData::Memory(data::load_mnist_like(d.dataset, &d.root, split)?),
+        DatasetKind::Cifar10 => TrainData::Memory(data::cifar10::load(&d.root, split)?),
+        DatasetKind::ImagenetLatents => {
+            let manifest = Manifest::read(&d.root)?;
+            manifest.check_config(cfg, &d.root)?;
+            TrainData::Memory(data::latents::load(&d.root, &manifest)?)
+        }
+        DatasetKind::ImageFolder => {
+            let size = d.image_size.ok_or_else(|| cfg.error("data.image_size", "is required by image_folder"))?;
+            let folder = ImageFolder::open(&d.root, size as u32)?;
+            TrainData::Stream { source: Arc::new(folder), workers: d.workers() }
+        }
+    })
 }
 
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
     let data = load_data(cfg)?;
-    train_on(cfg, data, opts)
+    train_with(cfg, data, opts)
 }
 
 /// Trains on an in-memory dataset (the CLI loads it from `cfg.data`; tests pass their own).
 pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunSummary> {
+    train_with(cfg, TrainData::Memory(data), opts)
+}
+
+/// Trains on in-memory or streamed data.
+pub fn train_with(cfg: &Config, data: TrainData, opts: &TrainOptions) -> Result<RunSummary> {
     let t = &cfg.train;
     // `train.threads` is applied by the CLI once at start, not here: libtorch's thread
     // count is process-wide, and changing it while another thread computes changed that
     // thread's results (seen as resume tests failing when run in parallel).
     let device = resolve_device(t.device).map_err(|m| cfg.error("train.device", m))?;
-    check_data_matches_model(cfg, &data)?;
+    let shape = data.shape();
+    check_data_matches_model(cfg, &shape)?;
     let spec = cfg.model.spec(&cfg.source)?;
     let run_dir = t.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
@@ -245,16 +319,15 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
     truncate_metrics(&metrics_path, start)?;
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;
 
-    let images = data.images.to_device(device);
-    let labels = (spec.num_classes() > 0).then(|| data.labels.to_device(device));
-    let mut batcher = Batcher { seed: cfg.seed, batch: t.batch_size, n: data.len(), epoch: None };
+    let conditional = spec.num_classes() > 0;
+    let mut batches = Batches::new(data, cfg, start, device);
 
     let pb = progress_bar(t.steps, start, opts.quiet);
     let started = Instant::now();
     let mut window = Window::default();
     let mut last = [f64::NAN; 3];
     let mut skipped = 0u64;
-    let samples_per_epoch = (data.len() / t.batch_size) * t.batch_size;
+    let samples_per_epoch = (shape.len / t.batch_size) * t.batch_size;
     eprintln!(
         "meanflow: {} parameters on {:?}, batch {}, {} steps ({:.1} epochs), run folder {}",
         models::num_params(&vs),
@@ -267,9 +340,9 @@ pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunS
 
     for step in start..t.steps {
         // ---- batch and draws
-        let idx = batcher.indices(step).to_device(device);
-        let x = images.index_select(0, &idx);
-        let y = labels.as_ref().map(|l| l.index_select(0, &idx));
+        let (x, y) = batches.get(step, device)?;
+        let x = if cfg.data.hflip { hflip_rows(&x, cfg.seed, step) } else { x };
+        let y = conditional.then_some(y);
         let draws = draw_step(cfg, &objective, step, x, y);
 
         // ---- loss, one host sync for the three monitored numbers

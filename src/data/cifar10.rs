@@ -70,11 +70,9 @@ pub fn load(root: &Path, split: Split) -> Result<Dataset> {
         if !path.is_file() {
             return Err(Error::file(
                 &path,
-                format!(
-                    "not found; data.root must be the folder of the CIFAR-10 binary version \
-                     (cifar-10-batches-bin: data_batch_1.bin .. data_batch_5.bin, test_batch.bin), \
-                     from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-                ),
+                "not found; data.root must be the folder of the CIFAR-10 binary version \
+                 (cifar-10-batches-bin: data_batch_1.bin .. data_batch_5.bin, test_batch.bin), \
+                 from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;

@@ -104,7 +104,7 @@ impl Manifest {
         if self.format != FORMAT {
             return bad(format!("format is {:?}, this version reads {FORMAT:?}", self.format));
         }
-        if !(self.scale_factor.is_finite() && self.scale_factor > 0.0) || !self.shift.is_finite() {
+        if !self.scale_factor.is_finite() || self.scale_factor <= 0.0 || !self.shift.is_finite() {
             return bad(format!("scale_factor must be > 0 and shift finite, got {} and {}", self.scale_factor, self.shift));
         }
         if self.latent_shape.iter().any(|&d| d <= 0) || self.num_classes <= 0 || self.image_size <= 0 {

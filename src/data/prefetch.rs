@@ -19,6 +19,9 @@ use crate::rng;
 /// Items that can be read one at a time from any thread.
 pub trait Source: Send + Sync + 'static {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// [C, H, W] of one item.
     fn item_shape(&self) -> [i64; 3];
     fn num_classes(&self) -> i64;

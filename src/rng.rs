@@ -28,3 +28,5 @@ pub const STREAM_STEP: u64 = 3;
 pub const STREAM_SAMPLE: u64 = 4;
 /// Horizontal flips of the training batches (`data.hflip`).
 pub const STREAM_FLIP: u64 = 5;
+/// Samples of cached VAE posteriors (`posterior: moments` latent sets).
+pub const STREAM_POSTERIOR: u64 = 6;

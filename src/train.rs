@@ -17,7 +17,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Config, DeviceChoice, OnNonFinite};
 use crate::data::image_folder::ImageFolder;
-use crate::data::latents::Manifest;
+use crate::data::latents::{Manifest, Posterior};
 use crate::data::prefetch::{hflip_rows, Order, Prefetcher, Source};
 use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::ema::Ema;
@@ -132,6 +132,9 @@ fn check_data_matches_model(cfg: &Config, data: &DataShape) -> Result<()> {
 pub enum TrainData {
     /// Held in memory, moved to the device once, batches gathered there.
     Memory(Dataset),
+    /// Latent posteriors held in memory as `[N, 2C, H, W]` (mean, std): each batch is a
+    /// fresh sample mean + std * eps, eps drawn from (seed, step).
+    Posterior(Dataset),
     /// Read per batch by background threads (`data.workers`).
     Stream { source: Arc<dyn Source>, workers: usize },
 }
@@ -140,6 +143,10 @@ impl TrainData {
     fn shape(&self) -> DataShape {
         match self {
             TrainData::Memory(d) => DataShape::of(d),
+            TrainData::Posterior(d) => {
+                let s = DataShape::of(d);
+                DataShape { item: [s.item[0] / 2, s.item[1], s.item[2]], ..s }
+            }
             TrainData::Stream { source, .. } => {
                 DataShape { item: source.item_shape(), len: source.len() as i64, num_classes: source.num_classes() }
             }
@@ -149,15 +156,22 @@ impl TrainData {
 
 /// The batches of steps start, start + 1, ... on the training device.
 enum Batches {
-    Memory { images: Tensor, labels: Tensor, order: Order },
+    Memory { images: Tensor, labels: Tensor, order: Order, posterior: bool, seed: u64 },
     Stream(Prefetcher),
 }
 
 impl Batches {
     fn new(data: TrainData, cfg: &Config, start: u64, device: Device) -> Batches {
         let order = Order::new(cfg.seed, cfg.train.batch_size, data.shape().len);
+        let posterior = matches!(data, TrainData::Posterior(_));
         match data {
-            TrainData::Memory(d) => Batches::Memory { images: d.images.to_device(device), labels: d.labels.to_device(device), order },
+            TrainData::Memory(d) | TrainData::Posterior(d) => Batches::Memory {
+                posterior,
+                images: d.images.to_device(device),
+                labels: d.labels.to_device(device),
+                order,
+                seed: cfg.seed,
+            },
             TrainData::Stream { source, workers } => {
                 Batches::Stream(Prefetcher::new(source, order, start, cfg.train.steps, workers, 2 * workers))
             }
@@ -167,9 +181,18 @@ impl Batches {
     /// Images (float) and labels of `step`; steps are asked for in order.
     fn get(&mut self, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
         match self {
-            Batches::Memory { images, labels, order } => {
+            Batches::Memory { images, labels, order, posterior, seed } => {
                 let idx = order.indices(step).to_device(device);
-                Ok((images.index_select(0, &idx).to_kind(Kind::Float), labels.index_select(0, &idx)))
+                let x = images.index_select(0, &idx).to_kind(Kind::Float);
+                let x = if *posterior {
+                    let c = x.size()[1] / 2;
+                    let (mean, std) = (x.narrow(1, 0, c), x.narrow(1, c, c));
+                    let eps = rng::with_seed(rng::mix_seed(*seed, rng::STREAM_POSTERIOR, step), || mean.randn_like());
+                    mean + std * eps
+                } else {
+                    x
+                };
+                Ok((x, labels.index_select(0, &idx)))
             }
             Batches::Stream(p) => {
                 let (s, x, y) = p.next_batch()?;
@@ -203,7 +226,7 @@ fn check_resume(cfg: &Config, state: &TrainState, ckpt: &Path) -> Result<()> {
     let new = serde_yaml::to_value(cfg).expect("config serialises");
     let mut changed = Vec::new();
     diff_values("", &old, &new, &mut changed);
-    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root"];
+    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "data.workers"];
     for (key, a, b) in changed {
         if key.starts_with("model.") {
             return Err(cfg.error(&key, format!("is {b} but the checkpoint's model has {a}")));
@@ -250,7 +273,11 @@ pub fn load_data(cfg: &Config) -> Result<TrainData> {
         DatasetKind::ImagenetLatents => {
             let manifest = Manifest::read(&d.root)?;
             manifest.check_config(cfg, &d.root)?;
-            TrainData::Memory(data::latents::load(&d.root, &manifest)?)
+            let set = data::latents::load(&d.root, &manifest)?;
+            match manifest.posterior {
+                Posterior::Moments => TrainData::Posterior(set),
+                Posterior::Mean | Posterior::Sample => TrainData::Memory(set),
+            }
         }
         DatasetKind::ImageFolder => {
             let size = d.image_size.ok_or_else(|| cfg.error("data.image_size", "is required by image_folder"))?;

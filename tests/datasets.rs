@@ -429,3 +429,45 @@ fn training_reads_an_image_folder_through_the_loader_threads() {
     let s2 = train::train(&cfg2, &TrainOptions { resume: false, quiet: true }).unwrap();
     assert_eq!((s.loss, s.mse), (s2.loss, s2.mse));
 }
+
+/// A set of cached posteriors (mean, std), as the MeanFlow JAX code keeps them: the std
+/// channels are scaled but not shifted, and training draws a fresh sample per step,
+/// reproducibly.
+#[test]
+fn posterior_moment_sets_train_on_fresh_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("set");
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/encode_imagenet_latents.py");
+    let o = std::process::Command::new(python())
+        .arg(&tool)
+        .args(["--random", "12", "--posterior", "moments", "--latent-shape", "4", "8", "8", "--num-classes", "3"])
+        .args(["--shift", "0.5", "--format", "npy", "--shard-size", "5", "--dtype", "float32", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run the venv python");
+    assert!(o.status.success(), "tool failed: {}", String::from_utf8_lossy(&o.stderr));
+    let m = Manifest::read(&out).unwrap();
+    let d = meanflow::data::latents::load(&out, &m).unwrap();
+    assert_eq!(d.images.size(), vec![12, 8, 8, 8]);
+    let raw = npy::read(&out.join("train_00000_latents.npy")).unwrap();
+    let got = d.images.narrow(0, 0, 5);
+    assert!(got.narrow(1, 0, 4).allclose(&((raw.narrow(1, 0, 4) - 0.5) * 0.18215), 1e-6, 1e-7, false));
+    assert!(got.narrow(1, 4, 4).allclose(&(raw.narrow(1, 4, 4) * 0.18215), 1e-6, 1e-7, false));
+
+    let data = format!("{{dataset: imagenet_latents, root: {}}}", out.display());
+    let model = "{name: dit, in_channels: 4, input_size: 8, num_classes: 3, depth: 1, hidden: 32, heads: 2, patch: 4}";
+    let p = config_text(dir.path(), &data, model);
+    let cfg = config::load(&p, &[]).unwrap();
+    assert!(matches!(train::load_data(&cfg).unwrap(), TrainData::Posterior(_)));
+    let s = train::train(&cfg, &TrainOptions { resume: false, quiet: true }).unwrap();
+    let cfg2 = config::load(&p, &[format!("train.run_dir={}", dir.path().join("run2").display())]).unwrap();
+    let s2 = train::train(&cfg2, &TrainOptions { resume: false, quiet: true }).unwrap();
+    assert!(s.loss.is_finite());
+    assert_eq!((s.loss, s.mse), (s2.loss, s2.mse));
+    // 4 channels in the config but 8 stored is not a mismatch; 8 in the config is.
+    let e = match train::load_data(&config::load(&p, &["model.in_channels=8".into()]).unwrap()) {
+        Ok(_) => panic!("8 channels should be refused"),
+        Err(e) => e.to_string(),
+    };
+    contains_all(&e, &["model.in_channels", "is 8", "[4, 8, 8]"]);
+}

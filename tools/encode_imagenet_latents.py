@@ -40,9 +40,10 @@ no flip, scale factor 0.18215, no shift), on a machine with diffusers and torchv
             with torch.no_grad():
                 w.add(vae.encode(x.cuda()).latent_dist.mean.cpu().numpy(), y.numpy())
 
-(The JAX reference stores the posterior's mean and std and draws a fresh sample every
-step; meanflow reads one latent per image: the mean, or one sample, say which with
-`posterior`.)
+The MeanFlow JAX code caches the posterior's mean and std and draws a fresh sample every
+step; to do the same, pass `posterior="moments"` and add
+`np.concatenate([dist.mean, dist.std], 1)` (2C channels) for each batch, where
+`dist = vae.encode(x).latent_dist`.
 
 From arrays already on disk (any encoder):
     python tools/encode_imagenet_latents.py --latents lat.npy --labels lab.npy --out OUT \\
@@ -68,7 +69,7 @@ class LatentWriter:
                  posterior="mean", flip="none", shard_size=10000, fmt="safetensors", dtype="float16",
                  prefix="train"):
         assert fmt in ("safetensors", "npy"), fmt
-        assert posterior in ("mean", "sample"), posterior
+        assert posterior in ("mean", "sample", "moments"), posterior
         assert flip in ("none", "both"), flip
         self.out_dir, self.fmt, self.prefix = out_dir, fmt, prefix
         self.dtype = np.dtype(dtype)
@@ -82,7 +83,8 @@ class LatentWriter:
 
     def add(self, latents, labels):
         latents, labels = np.asarray(latents), np.asarray(labels).astype(np.int64).reshape(-1)
-        want = tuple(self.meta["latent_shape"])
+        c, h, w = self.meta["latent_shape"]
+        want = (2 * c if self.meta["posterior"] == "moments" else c, h, w)
         if latents.shape[1:] != want or latents.shape[0] != labels.shape[0]:
             raise ValueError(f"latents {latents.shape} and labels {labels.shape} do not match [n, *{want}] and [n]")
         if labels.size and (labels.min() < 0 or labels.max() >= self.meta["num_classes"]):
@@ -135,7 +137,8 @@ def main():
     ap.add_argument("--vae", default="stabilityai/sd-vae-ft-mse")
     ap.add_argument("--scale-factor", type=float, default=0.18215)
     ap.add_argument("--shift", type=float, default=0.0)
-    ap.add_argument("--posterior", choices=["mean", "sample"], default="mean")
+    ap.add_argument("--posterior", choices=["mean", "sample", "moments"], default="mean",
+                    help="'moments': the arrays hold [mean, std] along channels (2C), sampled afresh each step")
     ap.add_argument("--flip", choices=["none", "both"], default="none",
                     help="'both': the arrays also hold the latents of the flipped images")
     ap.add_argument("--latent-shape", type=int, nargs=3, default=[4, 32, 32])
@@ -150,7 +153,10 @@ def main():
                      posterior=a.posterior, flip=a.flip, shard_size=a.shard_size, fmt=a.format, dtype=a.dtype)
     if a.random is not None:
         rng = np.random.default_rng(a.seed)
-        x = rng.standard_normal((a.random, *a.latent_shape), dtype=np.float32) / a.scale_factor
+        c = a.latent_shape[0] * (2 if a.posterior == "moments" else 1)
+        x = rng.standard_normal((a.random, c, *a.latent_shape[1:]), dtype=np.float32) / a.scale_factor
+        if a.posterior == "moments":
+            x[:, c // 2:] = np.abs(x[:, c // 2:]) * 0.1  # a positive std
         y = rng.integers(0, a.num_classes, a.random)
         w.add(x, y)
     else:

@@ -36,12 +36,28 @@ pub enum StoredFlip {
     Both,
 }
 
-/// What a latent is: the VAE posterior mean, or one sample of the posterior.
+/// What the shards hold of the VAE posterior N(mean, std^2) of each image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Posterior {
+    /// C channels: the mean.
     Mean,
+    /// C channels: one sample drawn when encoding.
     Sample,
+    /// 2C channels: the mean, then the std (as the MeanFlow JAX code caches them); the
+    /// trainer draws a fresh sample mean + std * eps for every batch, from (seed, step).
+    Moments,
+}
+
+impl Posterior {
+    /// Stored channels per latent channel.
+    pub fn channels_per_latent(self) -> i64 {
+        if self == Posterior::Moments {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// One shard: a safetensors `file`, or a pair of `.npy` files.
@@ -183,9 +199,10 @@ fn read_shard(root: &Path, m: &Manifest, i: usize) -> Result<(Tensor, Tensor)> {
         _ => unreachable!("checked by Manifest::check"),
     };
     let [c, h, w] = m.latent_shape;
-    let want = vec![s.count, c, h, w];
+    let want = vec![s.count, c * m.posterior.channels_per_latent(), h, w];
     if lat.size() != want {
-        return Err(Error::file(&lat_path, format!("latents are {:?}, the manifest says {want:?} (count, latent_shape)", lat.size())));
+        let what = if m.posterior == Posterior::Moments { "count, 2 x channels (mean, std), height, width" } else { "count, latent_shape" };
+        return Err(Error::file(&lat_path, format!("latents are {:?}, the manifest says {want:?} ({what})", lat.size())));
     }
     if !matches!(lat.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
         return Err(Error::file(&lat_path, format!("latents are {:?}; use float32, float16 or bfloat16", lat.kind())));
@@ -206,6 +223,8 @@ fn read_shard(root: &Path, m: &Manifest, i: usize) -> Result<(Tensor, Tensor)> {
 
 /// Loads every shard: images `[count, C, H, W]` = (latent - shift) * scale_factor, in the
 /// shards' dtype (float16 stays float16 to halve memory; the trainer casts each batch).
+/// With `posterior: moments` they are `[count, 2C, H, W]`: the scaled mean, then the
+/// std times scale_factor.
 pub fn load(root: &Path, m: &Manifest) -> Result<Dataset> {
     let mut lats = Vec::with_capacity(m.shards.len());
     let mut labs = Vec::with_capacity(m.shards.len());
@@ -214,7 +233,14 @@ pub fn load(root: &Path, m: &Manifest) -> Result<Dataset> {
         let (lat, lab) = read_shard(root, m, i)?;
         // Scaled shard by shard, so only one shard is ever held in float32 at once.
         let k = *kind.get_or_insert(lat.kind());
-        lats.push(((lat.to_kind(Kind::Float) - m.shift) * m.scale_factor).to_kind(k));
+        let lat = lat.to_kind(Kind::Float);
+        let scaled = if m.posterior == Posterior::Moments {
+            let c = m.latent_shape[0];
+            Tensor::cat(&[(lat.narrow(1, 0, c) - m.shift) * m.scale_factor, lat.narrow(1, c, c) * m.scale_factor], 1)
+        } else {
+            (lat - m.shift) * m.scale_factor
+        };
+        lats.push(scaled.to_kind(k));
         labs.push(lab);
     }
     Ok(Dataset { images: Tensor::cat(&lats, 0), labels: Tensor::cat(&labs, 0), num_classes: m.num_classes })

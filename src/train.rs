@@ -262,9 +262,21 @@ fn diff_values(prefix: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: 
     }
 }
 
+/// Loads in-memory data named by the config (the split `data.split`, default train);
+/// an image folder, read per batch, is opened by `open_data`.
+pub fn load_data(cfg: &Config) -> Result<Dataset> {
+    match open_data(cfg)? {
+        TrainData::Memory(d) => Ok(d),
+        TrainData::Posterior(_) | TrainData::Stream { .. } => Err(cfg.error(
+            "data.dataset",
+            "is not held in memory as plain samples (an image folder, or latent posterior moments): use train::open_data",
+        )),
+    }
+}
+
 /// Opens the data named by the config (the split `data.split`, default train). A latent
 /// set whose manifest disagrees with the config is refused before any shard is read.
-pub fn load_data(cfg: &Config) -> Result<TrainData> {
+pub fn open_data(cfg: &Config) -> Result<TrainData> {
     let d = &cfg.data;
     let split = d.split.unwrap_or(Split::Train);
     Ok(match d.dataset {
@@ -288,7 +300,7 @@ pub fn load_data(cfg: &Config) -> Result<TrainData> {
 }
 
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
-    let data = load_data(cfg)?;
+    let data = open_data(cfg)?;
     train_with(cfg, data, opts)
 }
 

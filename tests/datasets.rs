@@ -247,7 +247,7 @@ fn training_refuses_a_manifest_that_disagrees_with_the_config() {
     let refuse = |set: &[&str], want: &[&str]| {
         let o: Vec<String> = set.iter().map(|s| s.to_string()).collect();
         let cfg = config::load(&p, &o).unwrap();
-        let e = match train::load_data(&cfg) {
+        let e = match train::open_data(&cfg) {
             Ok(_) => panic!("{set:?} should be refused"),
             Err(e) => e.to_string(),
         };
@@ -419,7 +419,7 @@ fn training_reads_an_image_folder_through_the_loader_threads() {
     let model = "{name: dit, in_channels: 3, input_size: 8, num_classes: 3, depth: 1, hidden: 32, heads: 2, patch: 4}";
     let p = config_text(dir.path(), &data, model);
     let cfg: Config = config::load(&p, &[]).unwrap();
-    let loaded = train::load_data(&cfg).unwrap();
+    let loaded = train::open_data(&cfg).unwrap();
     assert!(matches!(loaded, TrainData::Stream { workers: 2, .. }));
     let s = train::train_with(&cfg, loaded, &TrainOptions { resume: false, quiet: true }).unwrap();
     assert_eq!(s.steps, 3);
@@ -458,16 +458,55 @@ fn posterior_moment_sets_train_on_fresh_samples() {
     let model = "{name: dit, in_channels: 4, input_size: 8, num_classes: 3, depth: 1, hidden: 32, heads: 2, patch: 4}";
     let p = config_text(dir.path(), &data, model);
     let cfg = config::load(&p, &[]).unwrap();
-    assert!(matches!(train::load_data(&cfg).unwrap(), TrainData::Posterior(_)));
+    assert!(matches!(train::open_data(&cfg).unwrap(), TrainData::Posterior(_)));
     let s = train::train(&cfg, &TrainOptions { resume: false, quiet: true }).unwrap();
     let cfg2 = config::load(&p, &[format!("train.run_dir={}", dir.path().join("run2").display())]).unwrap();
     let s2 = train::train(&cfg2, &TrainOptions { resume: false, quiet: true }).unwrap();
     assert!(s.loss.is_finite());
     assert_eq!((s.loss, s.mse), (s2.loss, s2.mse));
     // 4 channels in the config but 8 stored is not a mismatch; 8 in the config is.
-    let e = match train::load_data(&config::load(&p, &["model.in_channels=8".into()]).unwrap()) {
+    let e = match train::open_data(&config::load(&p, &["model.in_channels=8".into()]).unwrap()) {
         Ok(_) => panic!("8 channels should be refused"),
         Err(e) => e.to_string(),
     };
     contains_all(&e, &["model.in_channels", "is 8", "[4, 8, 8]"]);
+}
+
+/// A reader that fails or panics gives that step an error instead of a hang.
+#[test]
+fn loader_errors_and_panics_reach_the_trainer() {
+    struct Bad;
+    impl Source for Bad {
+        fn len(&self) -> usize {
+            8
+        }
+        fn item_shape(&self) -> [i64; 3] {
+            [1, 1, 1]
+        }
+        fn num_classes(&self) -> i64 {
+            1
+        }
+        fn read(&self, i: usize, out: &mut [f32]) -> meanflow::Result<i64> {
+            match i {
+                3 => panic!("item 3 is cursed"),
+                5 => Err(meanflow::Error::file("five.png", "cannot decode")),
+                _ => {
+                    out[0] = i as f32;
+                    Ok(0)
+                }
+            }
+        }
+    }
+    // Batch size 1: the batch of step s is item order[s].
+    let mut order = Order::new(0, 1, 8);
+    let items: Vec<i64> = (0..8).map(|s| order.indices(s).int64_value(&[0])).collect();
+    let mut p = Prefetcher::new(Arc::new(Bad), Order::new(0, 1, 8), 0, 8, 2, 3);
+    for item in items {
+        let r = p.next_batch();
+        match item {
+            3 => contains_all(&r.err().expect("panic becomes an error").to_string(), &["panicked"]),
+            5 => contains_all(&r.err().expect("error passed on").to_string(), &["five.png", "cannot decode"]),
+            _ => assert_eq!(r.unwrap().1.double_value(&[0, 0, 0, 0]), item as f64),
+        }
+    }
 }

@@ -37,11 +37,12 @@ impl DatasetKind {
     pub fn has_splits(self) -> bool {
         matches!(self, DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10)
     }
-    /// Classes of the fixed data sets; `None` for those that read theirs from the files.
-    pub fn num_classes(self) -> Option<i64> {
+    /// Classes of the fixed data sets (10); 0 for those that read theirs from the files
+    /// (imagenet_latents: the manifest; image_folder: the sub-folders).
+    pub fn num_classes(self) -> i64 {
         match self {
-            DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10 => Some(10),
-            DatasetKind::ImagenetLatents | DatasetKind::ImageFolder => None,
+            DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10 => 10,
+            DatasetKind::ImagenetLatents | DatasetKind::ImageFolder => 0,
         }
     }
     /// Class names of the fixed data sets; empty for the others.
@@ -115,7 +116,7 @@ pub fn load_mnist_like(kind: DatasetKind, root: &Path, split: Split) -> Result<D
     if lbls.dims[0] != n {
         return Err(Error::file(&lbl_path, format!("{} labels but {} has {n} images", lbls.dims[0], img_path.display())));
     }
-    let num_classes = kind.num_classes().unwrap_or(10);
+    let num_classes = kind.num_classes();
     if let Some((i, l)) = lbls.data.iter().enumerate().find(|(_, l)| **l as i64 >= num_classes) {
         return Err(Error::file(&lbl_path, format!("label {l} at index {i} is outside 0..{num_classes}")));
     }

@@ -114,7 +114,12 @@ impl Prefetcher {
                             Ok(j) => j,
                             Err(_) => return, // the trainer is done
                         };
-                        let out = read_batch(source.as_ref(), &job.indices, item);
+                        // A panic while reading becomes this step's error: the trainer waits
+                        // for every step in order and would otherwise wait forever.
+                        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            read_batch(source.as_ref(), &job.indices, item)
+                        }))
+                        .unwrap_or_else(|_| Err(Error::Shape(format!("the data loader panicked reading the batch of step {}", job.step))));
                         if res_tx.send((job.step, out)).is_err() {
                             return;
                         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
-use crate::data::DatasetKind;
+use crate::data::{DatasetKind, Split};
 use crate::error::{Error, Result};
 use crate::loss::Tangent;
 use crate::models::{dit, DitSize, DitSpec, MlpSpec, ModelSpec, SongUnetSpec, TimeInput, UnetSpec};
@@ -48,8 +48,39 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub dataset: DatasetKind,
-    /// Folder holding the IDX files (gzipped or plain).
+    /// The data set's folder: IDX files (gzipped or plain), CIFAR-10 `*.bin` batches, a
+    /// latent set's `manifest.json` and shards, or an image folder (one sub-folder per class).
     pub root: PathBuf,
+    /// `train` or `test`: fashion_mnist, mnist and cifar10 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// Flip each training sample horizontally with probability 1/2, drawn from (seed,
+    /// step, row); on latents, the latent is flipped along its width.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hflip: bool,
+    /// Side of the center crop (image_folder only; must equal model.input_size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<i64>,
+    /// Threads that decode batches ahead of the trainer (image_folder only; default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Expected encoder of an imagenet_latents set; training refuses a manifest that names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    /// Expected latent scale factor (SD VAE: 0.18215); training refuses a manifest with another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_factor: Option<f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl DataConfig {
+    /// Prefetch threads of an image folder.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or(4)
+    }
 }
 
 /// `name` is a DiT preset ("DiT-B/4"), or "dit", "unet", "mlp" with their own keys.
@@ -492,6 +523,8 @@ impl Config {
             })?;
         }
 
+        self.validate_data(&c)?;
+
         let t = &self.train;
         c.ensure(t.steps > 0, "train.steps", || "must be > 0".into())?;
         c.ensure(t.batch_size > 0, "train.batch_size", || format!("must be > 0, got {}", t.batch_size))?;
@@ -545,6 +578,38 @@ impl Config {
             c.ensure(spec.augment_dim() == a.label_dim(), "model.augment_dim", || {
                 format!("is {} but train.augment produces {} labels", spec.augment_dim(), a.label_dim())
             })?;
+        }
+        Ok(())
+    }
+
+    fn validate_data(&self, c: &Check) -> Result<()> {
+        let d = &self.data;
+        let kind = serde_yaml::to_value(d.dataset).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let only = |set: bool, key: &str, which: &str| {
+            c.ensure(!set, key, || format!("is not a key of data.dataset {kind} (only of {which})"))
+        };
+        only(d.split.is_some() && !d.dataset.has_splits(), "data.split", "fashion_mnist, mnist, cifar10")?;
+        let folder = d.dataset == DatasetKind::ImageFolder;
+        let latents = d.dataset == DatasetKind::ImagenetLatents;
+        only(d.image_size.is_some() && !folder, "data.image_size", "image_folder")?;
+        only(d.workers.is_some() && !folder, "data.workers", "image_folder; the other data sets are held in memory")?;
+        only(d.vae.is_some() && !latents, "data.vae", "imagenet_latents")?;
+        only(d.scale_factor.is_some() && !latents, "data.scale_factor", "imagenet_latents")?;
+        if folder {
+            let size = d.image_size.ok_or_else(|| {
+                Error::config((c.source)("data.image_size"), "data.image_size", "is required by data.dataset image_folder")
+            })?;
+            c.ensure(size > 0, "data.image_size", || format!("must be > 0, got {size}"))?;
+            c.ensure(size == self.model.input_size, "data.image_size", || {
+                format!("is {size} but model.input_size is {}", self.model.input_size)
+            })?;
+            c.ensure(self.data.workers() > 0, "data.workers", || "must be > 0".into())?;
+        }
+        if let Some(s) = d.scale_factor {
+            c.positive(s, "data.scale_factor")?;
+        }
+        if let Some(fid) = self.paper_fid {
+            c.ensure(fid.is_finite() && fid >= 0.0, "paper_fid", || format!("must be >= 0, got {fid}"))?;
         }
         Ok(())
     }

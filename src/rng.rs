@@ -26,3 +26,7 @@ pub const STREAM_INIT: u64 = 1;
 pub const STREAM_EPOCH: u64 = 2;
 pub const STREAM_STEP: u64 = 3;
 pub const STREAM_SAMPLE: u64 = 4;
+/// Horizontal flips of the training batches (`data.hflip`).
+pub const STREAM_FLIP: u64 = 5;
+/// Samples of cached VAE posteriors (`posterior: moments` latent sets).
+pub const STREAM_POSTERIOR: u64 = 6;

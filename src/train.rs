@@ -1,11 +1,14 @@
 //! The training loop, top to bottom in execution order.
 //!
-//! Determinism: the data order of epoch k is a permutation seeded from (seed, k), and
+//! Determinism: the data order of epoch k is a permutation seeded from (seed, k) (also
+//! for data read by background threads: see `data::prefetch`), flips come from (seed,
+//! step, row), and
 //! every draw of step s (noise, t, r, dropped labels) is seeded from (seed, s). So a
 //! checkpoint's step number is its whole RNG state, and N steps + resume + N steps
 //! reproduce 2N steps exactly.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +16,10 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Config, DeviceChoice, OnNonFinite};
-use crate::data::{self, Dataset, Split};
+use crate::data::image_folder::ImageFolder;
+use crate::data::latents::{Manifest, Posterior};
+use crate::data::prefetch::{hflip_rows, shard_flip_seed, Order, Prefetcher, Source};
+use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::guidance::Guidance;
@@ -122,39 +128,29 @@ fn draw_step_seeded(cfg: &Config, objective: &MeanFlowLoss, x: Tensor, labels: O
     Draws { x, e, t: pair.t.to_kind(Kind::Float), r: pair.r.to_kind(Kind::Float), labels, dropped, aug }
 }
 
-/// Batches of one epoch drawn without replacement; the last partial batch is dropped.
-/// Data parallel: a step's global batch is `shards` consecutive per-rank batches of the
-/// epoch's permutation, and shard (rank) k reads the k-th of them.
-struct Batcher {
-    seed: u64,
-    batch: i64,
-    shards: i64,
-    n: i64,
-    epoch: Option<(u64, Tensor)>,
+/// What the trainer needs to know of its data before the first batch.
+#[derive(Debug, Clone, Copy)]
+pub struct DataShape {
+    /// [C, H, W] of one sample.
+    pub item: [i64; 3],
+    pub len: i64,
+    pub num_classes: i64,
 }
 
-impl Batcher {
-    fn indices(&mut self, step: u64, shard: i64) -> Tensor {
-        let global = self.batch * self.shards;
-        let per_epoch = (self.n / global) as u64;
-        let (epoch, i) = (step / per_epoch, (step % per_epoch) as i64);
-        if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let perm = rng::with_seed(rng::mix_seed(self.seed, rng::STREAM_EPOCH, epoch), || {
-                Tensor::randperm(self.n, (Kind::Int64, Device::Cpu))
-            });
-            self.epoch = Some((epoch, perm));
-        }
-        self.epoch.as_ref().unwrap().1.narrow(0, i * global + shard * self.batch, self.batch)
+impl DataShape {
+    pub fn of(data: &Dataset) -> DataShape {
+        let s = data.images.size();
+        DataShape { item: [s[1], s[2], s[3]], len: data.len(), num_classes: data.num_classes }
     }
 }
 
-fn check_data_matches_model(cfg: &Config, data: &Dataset, shards: i64) -> Result<()> {
-    let size = data.images.size();
-    if size[1] != cfg.model.in_channels {
-        return Err(cfg.error("model.in_channels", format!("is {} but the data has {} channel(s)", cfg.model.in_channels, size[1])));
+fn check_data_matches_model(cfg: &Config, data: &DataShape, shards: i64) -> Result<()> {
+    let [c, h, w] = data.item;
+    if c != cfg.model.in_channels {
+        return Err(cfg.error("model.in_channels", format!("is {} but the data has {c} channel(s)", cfg.model.in_channels)));
     }
-    if size[2] != cfg.model.input_size || size[3] != cfg.model.input_size {
-        return Err(cfg.error("model.input_size", format!("is {} but the data is {}x{}", cfg.model.input_size, size[2], size[3])));
+    if h != cfg.model.input_size || w != cfg.model.input_size {
+        return Err(cfg.error("model.input_size", format!("is {} but the data is {h}x{w}", cfg.model.input_size)));
     }
     if cfg.model.num_classes != 0 && cfg.model.num_classes != data.num_classes {
         return Err(cfg.error(
@@ -162,13 +158,98 @@ fn check_data_matches_model(cfg: &Config, data: &Dataset, shards: i64) -> Result
             format!("is {} but the data has {} classes (use 0 for unconditional)", cfg.model.num_classes, data.num_classes),
         ));
     }
-    if data.len() < cfg.train.batch_size * shards {
+    if data.len < cfg.train.batch_size * shards {
         return Err(cfg.error(
             "train.batch_size",
-            format!("{} x {shards} rank(s) exceeds the {} training images", cfg.train.batch_size, data.len()),
+            format!("{} x {shards} rank(s) exceeds the {} training images", cfg.train.batch_size, data.len),
         ));
     }
     Ok(())
+}
+
+/// Where the batches of a run come from.
+pub enum TrainData {
+    /// Held in memory, moved to the device once, batches gathered there.
+    Memory(Dataset),
+    /// Latent posteriors held in memory as `[N, 2C, H, W]` (mean, std): each batch is a
+    /// fresh sample mean + std * eps, eps drawn from (seed, step).
+    Posterior(Dataset),
+    /// Read per batch by background threads (`data.workers`).
+    Stream { source: Arc<dyn Source>, workers: usize },
+}
+
+impl TrainData {
+    fn shape(&self) -> DataShape {
+        match self {
+            TrainData::Memory(d) => DataShape::of(d),
+            TrainData::Posterior(d) => {
+                let s = DataShape::of(d);
+                DataShape { item: [s.item[0] / 2, s.item[1], s.item[2]], ..s }
+            }
+            TrainData::Stream { source, .. } => {
+                DataShape { item: source.item_shape(), len: source.len() as i64, num_classes: source.num_classes() }
+            }
+        }
+    }
+}
+
+/// The batches of steps start, start + 1, ... on the training device.
+enum Batches {
+    Memory { images: Tensor, labels: Tensor, order: Order, posterior: bool, seed: u64 },
+    Stream(Prefetcher),
+}
+
+impl Batches {
+    /// `mine` are the shards (ranks) of each global batch that this process computes.
+    fn new(data: TrainData, cfg: &Config, start: u64, device: Device, shards: i64, mine: &[i64]) -> Batches {
+        let order = Order::sharded(cfg.seed, cfg.train.batch_size, data.shape().len, shards, mine.to_vec());
+        let posterior = matches!(data, TrainData::Posterior(_));
+        match data {
+            TrainData::Memory(d) | TrainData::Posterior(d) => Batches::Memory {
+                posterior,
+                images: d.images.to_device(device),
+                labels: d.labels.to_device(device),
+                order,
+                seed: cfg.seed,
+            },
+            TrainData::Stream { source, workers } => {
+                Batches::Stream(Prefetcher::new(source, order, start, cfg.train.steps, workers, 2 * workers))
+            }
+        }
+    }
+
+    /// Images (float) and labels of `step`, one pair per shard of this process; steps are
+    /// asked for in order.
+    fn get(&mut self, step: u64, device: Device) -> Result<Vec<(Tensor, Tensor)>> {
+        match self {
+            Batches::Memory { images, labels, order, posterior, seed } => {
+                let mine = order.mine.clone();
+                let mut out = Vec::with_capacity(mine.len());
+                for k in mine {
+                    let idx = order.shard_indices(step, k).to_device(device);
+                    let x = images.index_select(0, &idx).to_kind(Kind::Float);
+                    let x = if *posterior {
+                        let c = x.size()[1] / 2;
+                        let (mean, std) = (x.narrow(1, 0, c), x.narrow(1, c, c));
+                        let eps_seed = crate::dist::shard_seed(*seed, rng::STREAM_POSTERIOR, step, k as u64);
+                        let eps = rng::with_seed(eps_seed, || mean.randn_like());
+                        mean + std * eps
+                    } else {
+                        x
+                    };
+                    out.push((x, labels.index_select(0, &idx)));
+                }
+                Ok(out)
+            }
+            Batches::Stream(p) => {
+                let (s, x, y) = p.next_batch()?;
+                debug_assert_eq!(s, step);
+                let (x, y) = (x.to_device(device), y.to_device(device));
+                let b = x.size()[0] / p.shards_per_batch();
+                Ok((0..p.shards_per_batch()).map(|j| (x.narrow(0, j * b, b), y.narrow(0, j * b, b))).collect())
+            }
+        }
+    }
 }
 
 /// What may change on resume: the step budget, logging and checkpoint cadence, sampling.
@@ -194,7 +275,7 @@ fn check_resume(cfg: &Config, state: &TrainState, ckpt: &Path) -> Result<()> {
     let new = serde_yaml::to_value(cfg).expect("config serialises");
     let mut changed = Vec::new();
     diff_values("", &old, &new, &mut changed);
-    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "dist.sanity_every", "dist.timeout_s", "dist.bucket_mb", "eval", "paper_fid"];
+    let free = ["train.steps", "train.run_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "sample.", "data.root", "dist.sanity_every", "dist.timeout_s", "dist.bucket_mb", "eval", "paper_fid", "data.workers"];
     for (key, a, b) in changed {
         if key.starts_with("model.") {
             return Err(cfg.error(&key, format!("is {b} but the checkpoint's model has {a}")));
@@ -230,30 +311,67 @@ fn diff_values(prefix: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: 
     }
 }
 
-/// Loads the training split named by the config.
+/// Loads in-memory data named by the config (the split `data.split`, default train);
+/// an image folder, read per batch, is opened by `open_data`.
 pub fn load_data(cfg: &Config) -> Result<Dataset> {
-    data::load_mnist_like(cfg.data.dataset, &cfg.data.root, Split::Train)
+    match open_data(cfg)? {
+        TrainData::Memory(d) => Ok(d),
+        TrainData::Posterior(_) | TrainData::Stream { .. } => Err(cfg.error(
+            "data.dataset",
+            "is not held in memory as plain samples (an image folder, or latent posterior moments): use train::open_data",
+        )),
+    }
+}
+
+/// Opens the data named by the config (the split `data.split`, default train). A latent
+/// set whose manifest disagrees with the config is refused before any shard is read.
+pub fn open_data(cfg: &Config) -> Result<TrainData> {
+    let d = &cfg.data;
+    let split = d.split.unwrap_or(Split::Train);
+    Ok(match d.dataset {
+        DatasetKind::FashionMnist | DatasetKind::Mnist => TrainData::Memory(data::load_mnist_like(d.dataset, &d.root, split)?),
+        DatasetKind::Cifar10 => TrainData::Memory(data::cifar10::load(&d.root, split)?),
+        DatasetKind::ImagenetLatents => {
+            let manifest = Manifest::read(&d.root)?;
+            manifest.check_config(cfg, &d.root)?;
+            let set = data::latents::load(&d.root, &manifest)?;
+            match manifest.posterior {
+                Posterior::Moments => TrainData::Posterior(set),
+                Posterior::Mean | Posterior::Sample => TrainData::Memory(set),
+            }
+        }
+        DatasetKind::ImageFolder => {
+            let size = d.image_size.ok_or_else(|| cfg.error("data.image_size", "is required by image_folder"))?;
+            let folder = ImageFolder::open(&d.root, size as u32)?;
+            TrainData::Stream { source: Arc::new(folder), workers: d.workers() }
+        }
+    })
 }
 
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
-    let data = load_data(cfg)?;
-    train_on(cfg, data, opts)
+    let data = open_data(cfg)?;
+    train_with(cfg, data, opts)
 }
 
 /// Trains on an in-memory dataset (the CLI loads it from `cfg.data`; tests pass their own).
 pub fn train_on(cfg: &Config, data: Dataset, opts: &TrainOptions) -> Result<RunSummary> {
-    train_on_dist(cfg, data, opts, None)
+    train_with(cfg, TrainData::Memory(data), opts)
+}
+
+/// Trains on in-memory or streamed data.
+pub fn train_with(cfg: &Config, data: TrainData, opts: &TrainOptions) -> Result<RunSummary> {
+    train_with_dist(cfg, data, opts, None)
 }
 
 /// [`train`] as one rank of a data-parallel job (`None`: a single process).
 pub fn train_dist(cfg: &Config, opts: &TrainOptions, dist: Option<&crate::dist::Dist>) -> Result<RunSummary> {
-    let data = load_data(cfg)?;
-    train_on_dist(cfg, data, opts, dist)
+    let data = open_data(cfg)?;
+    train_with_dist(cfg, data, opts, dist)
 }
 
-/// [`train_on`] as one rank of a data-parallel job: rank-sharded data and draws,
+/// [`train_with`] as one rank of a data-parallel job: rank-sharded data and draws,
 /// gradients averaged across ranks, and only rank 0 writes files or shows progress.
-pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Option<&crate::dist::Dist>) -> Result<RunSummary> {
+pub fn train_with_dist(cfg: &Config, data: TrainData, opts: &TrainOptions, dist: Option<&crate::dist::Dist>) -> Result<RunSummary> {
     let t = &cfg.train;
     let dcfg = cfg.dist.clone().unwrap_or_default();
     let world = dist.map_or(1, |d| d.world_size);
@@ -276,7 +394,8 @@ pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Opt
         (Device::Cuda(_), Some(d)) => Device::Cuda(d.local_rank as usize),
         (dev, _) => dev,
     };
-    check_data_matches_model(cfg, &data, shards)?;
+    let shape = data.shape();
+    check_data_matches_model(cfg, &shape, shards)?;
     let spec = cfg.model.spec(&cfg.source)?;
     let run_dir = t.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::file(&run_dir, format!("cannot create run folder: {e}")))?;
@@ -328,9 +447,8 @@ pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Opt
     let mut synced_vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     synced_vars.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let images = data.images.to_device(device);
-    let labels = (spec.num_classes() > 0).then(|| data.labels.to_device(device));
-    let mut batcher = Batcher { seed: cfg.seed, batch: t.batch_size, shards, n: data.len(), epoch: None };
+    let conditional = spec.num_classes() > 0;
+    let mut batches = Batches::new(data, cfg, start, device, shards, &my_shards);
 
     let pb = progress_bar(t.steps, start, opts.quiet);
     let started = Instant::now();
@@ -338,7 +456,7 @@ pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Opt
     let mut last = [f64::NAN; 3];
     let mut skipped = 0u64;
     let global_batch = t.batch_size * shards;
-    let samples_per_epoch = (data.len() / global_batch) * global_batch;
+    let samples_per_epoch = (shape.len / global_batch) * global_batch;
     if lead {
         let ranks = if shards > 1 { format!(" ({} per rank x {shards} ranks{})", t.batch_size, if world == 1 { ", emulated" } else { "" }) } else { String::new() };
         eprintln!(
@@ -353,13 +471,13 @@ pub fn train_on_dist(cfg: &Config, data: Dataset, opts: &TrainOptions, dist: Opt
 
     for step in start..t.steps {
         // ---- batch and draws: this rank's shard (or, emulating, every shard in order)
-        let parts = my_shards
-            .iter()
-            .map(|&k| {
-                let idx = batcher.indices(step, k).to_device(device);
-                let x = images.index_select(0, &idx);
-                let y = labels.as_ref().map(|l| l.index_select(0, &idx));
-                draw_step_shard(cfg, &objective, step, k as u64, x, y)
+        let parts = batches
+            .get(step, device)?
+            .into_iter()
+            .zip(&my_shards)
+            .map(|((x, y), &k)| {
+                let x = if cfg.data.hflip { hflip_rows(&x, shard_flip_seed(cfg.seed, k), step) } else { x };
+                draw_step_shard(cfg, &objective, step, k as u64, x, conditional.then_some(y))
             })
             .collect();
         let draws = concat_draws(parts);

@@ -45,6 +45,156 @@ fn shipped_configs_load_and_validate() {
     assert!(n >= 1);
 }
 
+/// Every YAML under `dir`, recursively, in sorted order.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Parameters of the paper's ImageNet models (MeanFlow Table 2; B/4 as DiT-B/2 give or
+/// take the patch embedding), for 4x32x32 latents, 1000 classes, (t, t-r) embedders.
+const PAPER_PARAMS: [(&str, f64); 5] =
+    [("DiT-B/4", 131e6), ("DiT-B/2", 131e6), ("DiT-M/2", 308e6), ("DiT-L/2", 459e6), ("DiT-XL/2", 676e6)];
+
+/// Loads, validates and sizes every shipped config: a DiT by its parameter count (the
+/// analytic count, checked against built models in `dit_parameter_count_matches_a_build`),
+/// any other network by building it on the CPU. The ImageNet configs must carry the
+/// paper's FID and match the paper's parameter counts within 1%.
+#[test]
+fn every_shipped_config_validates_and_builds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut files = Vec::new();
+    yaml_files(&root, &mut files);
+    let mut imagenet = 0;
+    for p in &files {
+        let cfg = config::load(p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let spec = cfg.model.spec("x").unwrap();
+        let params = match &spec {
+            meanflow::ModelSpec::Dit(s) => s.num_params(),
+            other => {
+                let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                meanflow::models::build(&vs.root(), other).unwrap();
+                meanflow::models::num_params(&vs)
+            }
+        };
+        assert!(params > 0, "{}", p.display());
+        let rel = p.strip_prefix(&root).unwrap();
+        if rel.starts_with("imagenet") {
+            imagenet += 1;
+            assert!(cfg.paper_fid.is_some_and(|f| f > 0.0), "{}: no paper_fid", p.display());
+            assert_eq!(cfg.data.dataset, meanflow::data::DatasetKind::ImagenetLatents, "{}", p.display());
+            let (_, want) = PAPER_PARAMS
+                .iter()
+                .find(|(n, _)| *n == cfg.model.name)
+                .unwrap_or_else(|| panic!("{}: unexpected model {}", p.display(), cfg.model.name));
+            let got = params as f64;
+            assert!((got / want - 1.0).abs() < 0.01, "{}: {} has {got} parameters, the paper {want}", p.display(), cfg.model.name);
+        }
+        eprintln!("{}: {} {:.2}M parameters, paper FID {:?}", rel.display(), cfg.model.name, params as f64 / 1e6, cfg.paper_fid);
+    }
+    assert!(imagenet >= 5 + 32, "found {imagenet} ImageNet configs");
+}
+
+/// The Table 1 files of one family differ from the default row only in their ablated key
+/// (and run folder, FID comment and paper_fid).
+#[test]
+fn table1_rows_differ_from_the_default_only_in_the_ablated_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/imagenet/table1");
+    let default = config::load(&root.join("ratio/ratio_025.yaml"), &[]).unwrap();
+    let base = serde_yaml::to_value(&default).unwrap();
+    let allowed: [(&str, &[&str]); 7] = [
+        ("ratio", &["meanflow.ratio"]),
+        ("tangent", &["meanflow.tangent"]),
+        ("embedding", &["model.time_input"]),
+        ("sampler", &["meanflow.time_sampler"]),
+        ("norm_p", &["meanflow.norm_p"]),
+        ("cfg", &["guidance.omega"]),
+        ("kappa", &["guidance.omega", "guidance.kappa"]),
+    ];
+    for (family, keys) in allowed {
+        let mut files = Vec::new();
+        yaml_files(&root.join(family), &mut files);
+        assert!(files.len() >= 4, "{family}: {} files", files.len());
+        for p in files {
+            let cfg = config::load(&p, &[]).unwrap();
+            let v = serde_yaml::to_value(&cfg).unwrap();
+            for (section, _) in base.as_mapping().unwrap() {
+                let section = section.as_str().unwrap();
+                let (a, b) = (&base[section], &v[section]);
+                match a.as_mapping() {
+                    Some(m) => {
+                        for (k, va) in m {
+                            let key = format!("{section}.{}", k.as_str().unwrap());
+                            if key == "train.run_dir" || keys.contains(&key.as_str()) {
+                                continue;
+                            }
+                            assert_eq!(va, &b[k.as_str().unwrap()], "{}: {key} differs from the default", p.display());
+                        }
+                    }
+                    None if section == "paper_fid" => {}
+                    None => assert_eq!(a, b, "{}: {section}", p.display()),
+                }
+            }
+        }
+    }
+}
+
+/// The analytic DiT parameter count equals what `Dit::new` creates, on small networks of
+/// every shape option and on a full-size DiT-B/4.
+#[test]
+fn dit_parameter_count_matches_a_build() {
+    use meanflow::models::{DitSize, DitSpec, ModelSpec, TimeInput};
+    let mut specs = Vec::new();
+    for (i, ti) in [TimeInput::TR, TimeInput::TH, TimeInput::TRH, TimeInput::H].into_iter().enumerate() {
+        specs.push(DitSpec {
+            size: DitSize { depth: 1 + i as i64, hidden: 32, heads: 4, patch: 2 + 2 * (i as i64 % 2) },
+            input_size: 8,
+            in_channels: 1 + i as i64,
+            num_classes: [0, 10, 3, 1000][i],
+            mlp_ratio: [4.0, 2.5, 1.0, 4.0][i],
+            time_input: ti,
+            time_scale: 1.0,
+        });
+    }
+    let c = load_with(&["model={name: DiT-B/4, in_channels: 4, input_size: 32, num_classes: 1000}", "guidance=null"]).unwrap();
+    match c.model.spec("x").unwrap() {
+        ModelSpec::Dit(s) => specs.push(s),
+        other => panic!("{other:?}"),
+    }
+    for s in specs {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        meanflow::models::build(&vs.root(), &ModelSpec::Dit(s.clone())).unwrap();
+        assert_eq!(meanflow::models::num_params(&vs), s.num_params(), "{s:?}");
+    }
+}
+
+#[test]
+fn data_keys_are_checked_per_dataset() {
+    expect_err(&["data.image_size=32"], &["data.image_size", "image_folder"]);
+    expect_err(&["data.workers=2"], &["data.workers", "image_folder"]);
+    expect_err(&["data.scale_factor=0.18215"], &["data.scale_factor", "imagenet_latents"]);
+    expect_err(&["data.vae=x"], &["data.vae", "imagenet_latents"]);
+    expect_err(&["data.split=val"], &["data.split"]);
+    expect_err(&["data.dataset=image_folder"], &["data.image_size", "required"]);
+    expect_err(&["data.dataset=image_folder", "data.image_size=32"], &["data.image_size", "32", "model.input_size", "28"]);
+    expect_err(&["data.dataset=imagenet_latents", "data.split=test"], &["data.split", "imagenet_latents"]);
+    expect_err(&["data.dataset=imagenet_latents", "data.scale_factor=-1"], &["data.scale_factor"]);
+    expect_err(&["paper_fid=-3"], &["paper_fid"]);
+    let c = load_with(&["data.dataset=cifar10", "data.split=test", "data.hflip=true", "paper_fid=2.92"]).unwrap();
+    assert_eq!(c.data.split, Some(meanflow::data::Split::Test));
+    assert!(c.data.hflip);
+    assert_eq!(c.paper_fid, Some(2.92));
+    let c = load_with(&["data.dataset=image_folder", "data.image_size=28", "data.workers=3"]).unwrap();
+    assert_eq!(c.data.workers(), 3);
+}
+
 #[test]
 fn defaults_are_the_papers() {
     let c = load_with(&[]).unwrap();

@@ -1,6 +1,12 @@
-//! Datasets held in memory as tensors: images `[N, C, H, W]` scaled to [-1, 1] and
-//! labels `[N]` (int64).
+//! Datasets. Held in memory as tensors (IDX, CIFAR-10, latents): images `[N, C, H, W]`
+//! (pixels scaled to [-1, 1], or scaled latents) and labels `[N]` (int64). Read per batch
+//! on background threads (an image folder): see `prefetch`.
+pub mod cifar10;
 pub mod idx;
+pub mod image_folder;
+pub mod latents;
+pub mod npy;
+pub mod prefetch;
 
 use std::path::{Path, PathBuf};
 
@@ -14,24 +20,48 @@ use crate::error::{Error, Result};
 pub enum DatasetKind {
     FashionMnist,
     Mnist,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// Pre-encoded latents with a manifest (`latents`).
+    ImagenetLatents,
+    /// One sub-folder of PNG images per class (`image_folder`).
+    ImageFolder,
 }
 
 impl DatasetKind {
-    pub fn num_classes(self) -> i64 {
-        10
+    /// Held in memory (else read per batch by the prefetch threads).
+    pub fn in_memory(self) -> bool {
+        !matches!(self, DatasetKind::ImageFolder)
     }
+    /// Has a train and a test split (`data.split`).
+    pub fn has_splits(self) -> bool {
+        matches!(self, DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10)
+    }
+    /// Classes of the fixed data sets (10); 0 for those that read theirs from the files
+    /// (imagenet_latents: the manifest; image_folder: the sub-folders).
+    pub fn num_classes(self) -> i64 {
+        match self {
+            DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10 => 10,
+            DatasetKind::ImagenetLatents | DatasetKind::ImageFolder => 0,
+        }
+    }
+    /// Class names of the fixed data sets; empty for the others.
     pub fn class_names(self) -> &'static [&'static str] {
         match self {
             DatasetKind::FashionMnist => &[
                 "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
             ],
             DatasetKind::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::Cifar10 => &cifar10::CLASS_NAMES,
+            DatasetKind::ImagenetLatents | DatasetKind::ImageFolder => &[],
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Split {
+    #[default]
     Train,
     Test,
 }

@@ -55,6 +55,26 @@ pub struct DitSpec {
     pub time_scale: f64,
 }
 
+impl DitSpec {
+    /// Number of parameters `Dit::new` creates (the fixed pos_embed included, as
+    /// `models::num_params` counts it), computed without building: a DiT-XL/2 is 2.7 GB
+    /// of float32. Checked against built models in tests/config.rs.
+    pub fn num_params(&self) -> i64 {
+        let DitSize { depth, hidden: d, patch: p, .. } = self.size;
+        let c = self.in_channels;
+        let grid = self.input_size / p;
+        let inner = (d as f64 * self.mlp_ratio) as i64;
+        let linear = |i: i64, o: i64| i * o + o;
+        let x_embedder = c * p * p * d + d;
+        let pos_embed = grid * grid * d;
+        let time = self.time_input.num_embedders() * (linear(256, d) + linear(d, d));
+        let labels = if self.num_classes > 0 { (self.num_classes + 1) * d } else { 0 };
+        let block = linear(d, 3 * d) + linear(d, d) + linear(d, inner) + linear(inner, d) + linear(d, 6 * d);
+        let final_layer = linear(d, 2 * d) + linear(d, p * p * c);
+        x_embedder + pos_embed + time + labels + depth * block + final_layer
+    }
+}
+
 // ---------------------------------------------------------------- block
 
 /// x * (1 + scale) + shift, with per-sample shift/scale `[B, D]` over tokens `[B, N, D]`.

@@ -20,6 +20,11 @@ pub enum TimeInput {
 }
 
 impl TimeInput {
+    /// How many timestep embedders the network has.
+    pub fn num_embedders(self) -> i64 {
+        self.slots().len() as i64
+    }
+
     /// (embedder name, which time) pairs; names are the state-dict prefixes.
     fn slots(self) -> &'static [(&'static str, Slot)] {
         use Slot::*;

@@ -233,3 +233,27 @@ pub fn export(ckpt: &Path, which: Weights, out: &Path) -> Result<PathBuf> {
     std::fs::rename(&tmp, out)?;
     Ok(src)
 }
+
+/// A checkpoint's network with the chosen weights loaded: what sampling and evaluation start from.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub state: TrainState,
+    pub spec: crate::models::ModelSpec,
+    pub vs: VarStore,
+    pub net: Box<dyn crate::models::MeanFlowNet>,
+    /// The safetensors file the weights came from.
+    pub weights: PathBuf,
+}
+
+/// Resolves `ckpt` (a run or step folder), rebuilds its model from the stored config on
+/// `device`, and loads `which` weights.
+pub fn load_model(ckpt: &Path, which: Weights, device: tch::Device) -> Result<LoadedModel> {
+    let dir = resolve(ckpt)?;
+    let state = read_state(&dir)?;
+    let spec = state.config.model.spec(&state.config.source)?;
+    let vs = VarStore::new(device);
+    let net = crate::models::build(&vs.root(), &spec)?;
+    let weights = weights_file(&dir, &state, which)?;
+    load_vars(&vs, &weights)?;
+    Ok(LoadedModel { dir, state, spec, vs, net, weights })
+}

@@ -339,15 +339,8 @@ fn run(cli: Cli) -> Result<()> {
             anyhow::ensure!(nfe >= 1, "--nfe must be >= 1");
             anyhow::ensure!(num_samples >= 2, "--num-samples must be >= 2");
             if fid {
-                let dir = checkpoint::resolve(&ckpt)?;
-                let state = checkpoint::read_state(&dir)?;
-                let cfg = &state.config;
                 let device = Device::cuda_if_available();
-                let spec = cfg.model.spec(&cfg.source)?;
-                let vs = VarStore::new(device);
-                let net = models::build(&vs.root(), &spec)?;
-                let file = checkpoint::weights_file(&dir, &state, weights.which())?;
-                checkpoint::load_vars(&vs, &file)?;
+                let checkpoint::LoadedModel { dir, state, spec, vs: _vs, net, weights: file } = checkpoint::load_model(&ckpt, weights.which(), device)?;
                 let (inception, reference) = (inception.expect("clap requires it"), reference.expect("clap requires it"));
                 let fid_args = FidArgs { dir: &dir, state: &state, weights: &file, inception: &inception, reference: &reference };
                 return eval_fid(net.as_ref(), &spec, fid_args, sampler, nfe, num_samples, seed, device, out);

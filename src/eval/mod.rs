@@ -221,15 +221,9 @@ pub fn evaluate_checkpoint(
     quiet: bool,
 ) -> Result<CheckpointReport> {
     use crate::checkpoint;
-    let dir = checkpoint::resolve(ckpt)?;
-    let state = checkpoint::read_state(&dir)?;
-    let cfg = &state.config;
     let device = Device::cuda_if_available();
-    let spec = cfg.model.spec(&cfg.source)?;
-    let vs = tch::nn::VarStore::new(device);
-    let net = crate::models::build(&vs.root(), &spec)?;
-    let file = checkpoint::weights_file(&dir, &state, weights)?;
-    checkpoint::load_vars(&vs, &file)?;
+    let checkpoint::LoadedModel { dir, state, spec, vs: _vs, net, weights: file } = checkpoint::load_model(ckpt, weights, device)?;
+    let cfg = &state.config;
     let (clf, reference) = Classifier::load(classifier, device, 10)?;
     if cfg.model.in_channels != 1 || cfg.model.input_size != 28 {
         return Err(crate::error::Error::file(
